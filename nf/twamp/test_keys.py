@@ -1,0 +1,64 @@
+"""Per-test-session keys (RFC 4656 s4.1): derived once per SID from the control session's keys.
+
+The SID is the AES key and the control keys are the plaintext: Test-AES-key = AES-ECB(SID, control AES key),
+Test-HMAC-key = AES-CBC(SID, IV=0, control HMAC key). The object holds prepared cipher contexts so the
+reflector's fast path does no key schedule per packet, and it never hands the key bytes out.
+"""
+
+from __future__ import annotations
+
+import hmac
+from hashlib import sha1
+
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+ZERO_IV = bytes(16)
+
+
+class TestSessionKeys:
+    __slots__ = ("_aes", "_ecb", "_hmac")
+    __test__ = False  # not a pytest class
+
+    def __init__(self, aes_key: bytes, hmac_key: bytes) -> None:
+        if len(aes_key) != 16 or len(hmac_key) != 32:
+            raise ValueError("test session keys must be 16 (AES) and 32 (HMAC) octets")
+        self._aes = algorithms.AES(aes_key)
+        self._ecb = Cipher(self._aes, modes.ECB())
+        self._hmac = hmac.new(hmac_key, digestmod=sha1)
+
+    @classmethod
+    def derive(cls, control_aes_key: bytes, control_hmac_key: bytes, sid: bytes) -> TestSessionKeys:
+        if len(sid) != 16 or len(control_aes_key) != 16 or len(control_hmac_key) != 32:
+            raise ValueError("SID and control AES key must be 16 octets, control HMAC key 32")
+        sid_cipher = algorithms.AES(sid)
+        ecb = Cipher(sid_cipher, modes.ECB()).encryptor()
+        aes_key = ecb.update(control_aes_key) + ecb.finalize()
+        cbc = Cipher(sid_cipher, modes.CBC(ZERO_IV)).encryptor()
+        hmac_key = cbc.update(control_hmac_key) + cbc.finalize()
+        return cls(aes_key, hmac_key)
+
+    def __repr__(self) -> str:
+        return "TestSessionKeys(<hidden>)"
+
+    def ecb_encrypt(self, block: bytes) -> bytes:
+        enc = self._ecb.encryptor()
+        return enc.update(block) + enc.finalize()
+
+    def ecb_decrypt(self, block: bytes) -> bytes:
+        dec = self._ecb.decryptor()
+        return dec.update(block) + dec.finalize()
+
+    def cbc_encrypt(self, data: bytes) -> bytes:
+        """AES-CBC with a zero IV, fresh per packet (RFC 4656 s4.1.2)."""
+        enc = Cipher(self._aes, modes.CBC(ZERO_IV)).encryptor()
+        return enc.update(data) + enc.finalize()
+
+    def cbc_decrypt(self, data: bytes) -> bytes:
+        dec = Cipher(self._aes, modes.CBC(ZERO_IV)).decryptor()
+        return dec.update(data) + dec.finalize()
+
+    def hmac16(self, data: bytes) -> bytes:
+        """HMAC-SHA1 truncated to 16 octets, over the plaintext of the protected part."""
+        mac = self._hmac.copy()
+        mac.update(data)
+        return mac.digest()[:16]
