@@ -1,6 +1,7 @@
 """NTP-format timestamps and the Error Estimate word shared by TWAMP-Control and TWAMP-Test (RFC 4656 s4.1.2).
 
 Time is always passed in as a float of Unix seconds so the sans-IO code never reads a clock itself.
+Decoding follows RFC 4330's era rule, so timestamps stay right from 1968 to 2104, across the 2036 wrap.
 """
 
 from __future__ import annotations
@@ -21,7 +22,11 @@ def encode_timestamp(unix_time: float) -> bytes:
 
 
 def decode_timestamp(data: bytes | memoryview, offset: int = 0) -> float:
+    seconds: int
+    fraction: int
     seconds, fraction = _TS.unpack_from(data, offset)
+    if not seconds & 0x8000_0000:  # RFC 4330 s3: MSB clear means NTP era 1 (from 2036-02-07)
+        seconds += 1 << 32
     return float(seconds - NTP_UNIX_OFFSET) + fraction / 4_294_967_296.0
 
 
@@ -34,7 +39,8 @@ class ErrorEstimate:
     multiplier: int
 
     def encode(self) -> bytes:
-        return _EE.pack((0x8000 if self.synchronized else 0) | ((self.scale & 0x3F) << 8) | (self.multiplier & 0xFF))
+        sync_bit = 0x8000 if self.synchronized else 0
+        return _EE.pack(sync_bit | ((self.scale & 0x3F) << 8) | (self.multiplier & 0xFF))
 
     @classmethod
     def decode(cls, data: bytes | memoryview, offset: int = 0) -> ErrorEstimate:
