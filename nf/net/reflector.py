@@ -1,0 +1,544 @@
+"""The Session-Reflector: UDP ports, threads and session lifecycle around the sans-IO SessionReflector.
+
+Speed is a requirement, so each reserved port gets its own thread running a plain blocking recvmsg_into /
+sendto loop (asyncio costs several times more per datagram). The kernel stamps arrival (SO_TIMESTAMPNS, T2)
+and reports the TTL; the reply is built in a buffer prepared when the session was added, and T3 is read
+just before sendto. SO_RCVTIMEO wakes each loop regularly for housekeeping (Timeout after Stop-Sessions,
+REFWAIT, shutdown) without a poll() per datagram.
+
+Thread-safety: the control side (any thread) adds, starts, stops and removes sessions; only the port's own
+thread touches packet counters, so they need no lock. on_session_end is called from a port thread (or from
+close()); it must be quick and thread-safe.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import enum
+import errno
+import ipaddress
+import logging
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+from nf.net.clock_sync import ClockSyncCache
+from nf.net.rate_limited_log import RateLimitedLog
+from nf.net.socket_options import (
+    ANCILLARY_SIZE,
+    IP_TTL,
+    IPV6_HOPLIMIT,
+    SCM_TIMESTAMPNS,
+    TEST_TTL,
+    enable_receive_timestamps,
+    enable_receive_ttl,
+    set_dscp,
+    set_receive_buffer,
+    set_receive_timeout,
+    set_send_ttl,
+)
+from nf.twamp.test_packets import TestPacketError, ntp_from_ns
+from nf.twamp.test_reflector import DropReason, SessionReflector, TokenBucket
+from nf.twamp.test_session import TestSessionParams
+
+log = logging.getLogger(__name__)
+
+DEFAULT_REFWAIT = 900.0  # RFC 5357 s4.2: REFWAIT default, seconds
+
+
+@dataclass(frozen=True, slots=True)
+class ReflectorConfig:
+    port_range: tuple[int, int] | None = None  # inclusive; used when the requested port is taken
+    receive_buffer: int = 4 * 1024 * 1024
+    refwait: float = DEFAULT_REFWAIT  # a session (or unused reserved port) idle this long is dropped
+    max_pps: float | None = None  # default per-session packets-per-second limit; None = unlimited
+    burst: float | None = None  # token bucket depth in packets; default max(1, max_pps / 10)
+    poll_interval: float = 0.2  # housekeeping period of each port thread
+    linger: float = 5.0  # after a session ends its port stays open this long, counting late packets
+    log_interval: float = 10.0  # rate limit of bad-input log records, per reason
+    kept_results: int = 1024  # counters of ended sessions kept for counters()
+
+
+class SessionState(enum.Enum):
+    ADDED = "added"  # accepted, waiting for Start-Sessions
+    STARTED = "started"
+    STOPPING = "stopping"  # Stop-Sessions seen: still reflecting until the session's Timeout
+    ENDED = "ended"
+
+
+class EndReason(enum.Enum):
+    TIMEOUT_AFTER_STOP = "timeout-after-stop"
+    REFWAIT = "refwait"
+    REMOVED = "removed"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True, slots=True)
+class SessionCounters:
+    sid: bytes
+    state: SessionState
+    reflected: int
+    dropped: Mapping[DropReason, int]
+    end_reason: EndReason | None = None
+
+    def __repr__(self) -> str:
+        drops = {r.value: n for r, n in self.dropped.items() if n}
+        state = self.state.value
+        return f"SessionCounters(sid={self.sid.hex()}, {state}, reflected={self.reflected}, {drops})"
+
+
+@dataclass(frozen=True, slots=True)
+class ReflectorTotals:
+    reflected: int
+    dropped: Mapping[DropReason, int]
+    sessions: int  # not yet ended
+    ports: int
+    kernel_timestamps: bool  # every open port gets SO_TIMESTAMPNS receive timestamps
+
+
+SessionEndCallback = Callable[[SessionCounters], None]
+
+
+def _normal_address(address: str) -> str:
+    return ipaddress.ip_address(address.split("%", 1)[0]).compressed
+
+
+def _ntp_now() -> int:
+    return ntp_from_ns(time.time_ns())
+
+
+@dataclass(eq=False, slots=True)
+class _Session:
+    sid: bytes
+    params: TestSessionParams
+    key: tuple[str, int] | None  # None: matches any sender (wildcard address or port 0)
+    engine: SessionReflector | None
+    bucket: TokenBucket | None
+    state: SessionState = SessionState.ADDED
+    last_activity: float = 0.0
+    deadline: float = 0.0  # STOPPING: end of Timeout; ENDED: end of linger
+    end_reason: EndReason | None = None
+    reflected: int = 0
+    dropped: dict[DropReason, int] = field(default_factory=lambda: dict.fromkeys(DropReason, 0))
+
+    def matches(self, host: str, port: int) -> bool:
+        """Wildcard sessions: an unspecified sender address or port 0 in the request matches anything."""
+        p = self.params
+        address_ok = _is_unspecified(p.sender_address) or _normal_address(p.sender_address) == host
+        return address_ok and p.sender_port in (0, port)
+
+    def snapshot(self) -> SessionCounters:
+        return SessionCounters(self.sid, self.state, self.reflected, dict(self.dropped), self.end_reason)
+
+
+def _is_unspecified(address: str) -> bool:
+    return not address or ipaddress.ip_address(address.split("%", 1)[0]).is_unspecified
+
+
+class _Port:
+    """One reserved UDP socket and the thread that reflects on it."""
+
+    def __init__(self, owner: Reflector, sock: socket.socket, address: str, port: int) -> None:
+        self.owner = owner
+        self.sock = sock
+        self.address = address
+        self.port = port
+        self.sessions: dict[tuple[str, int], _Session] = {}
+        self.wildcards: list[_Session] = []
+        self.closing = False
+        self.dscp = 0
+        self.last_activity = time.monotonic()
+        self.reflected = 0
+        self.dropped = dict.fromkeys(DropReason, 0)
+        self.kernel_timestamps = enable_receive_timestamps(sock)
+        enable_receive_ttl(sock)
+        set_send_ttl(sock, TEST_TTL)
+        set_receive_buffer(sock, owner.config.receive_buffer)
+        set_receive_timeout(sock, owner.config.poll_interval)
+        self.thread = threading.Thread(target=self._run, name=f"twamp-reflector-{port}", daemon=True)
+
+    def all_sessions(self) -> list[_Session]:
+        return [*self.sessions.values(), *self.wildcards]
+
+    def find(self, host: str, port: int) -> _Session | None:
+        session = self.sessions.get((host, port))
+        if session is None:
+            for candidate in self.wildcards:
+                if candidate.matches(host, port):
+                    return candidate
+        return session
+
+    def drop(self, session: _Session | None, reason: DropReason, detail: str, addr: object) -> None:
+        self.dropped[reason] += 1
+        if session is not None:
+            session.dropped[reason] += 1
+        self.owner.bad_input_log.warning(
+            reason.value, "twamp reflector port %d: dropped packet from %s: %s", self.port, addr, detail
+        )
+
+    def _run(self) -> None:
+        sock = self.sock
+        buf = bytearray(65536)
+        view = memoryview(buf)
+        buffers = [buf]
+        receive = sock.recvmsg_into
+        sendto = sock.sendto
+        sessions = self.sessions
+        v6 = sock.family == socket.AF_INET6
+        monotonic = time.monotonic
+        time_ns = time.time_ns
+        ntp_now = _ntp_now
+        sol_socket = socket.SOL_SOCKET
+        order = sys.byteorder
+        started = SessionState.STARTED
+        stopping = SessionState.STOPPING
+        next_housekeeping = monotonic() + self.owner.config.poll_interval
+        while not self.closing:
+            try:
+                nbytes, ancdata, _flags, addr = receive(buffers, ANCILLARY_SIZE)
+            except (BlockingIOError, InterruptedError):
+                next_housekeeping = self._housekeeping()
+                continue
+            except OSError as exc:
+                if self.closing:
+                    break
+                if exc.errno == errno.EBADF:
+                    break
+                self.owner.bad_input_log.warning("recv", "twamp reflector port %d: %s", self.port, exc)
+                continue
+            stamp = 0
+            ttl = TEST_TTL  # RFC 5357 s4.2.1: 255 when the TTL cannot be read
+            for level, kind, data in ancdata:
+                if level == sol_socket:
+                    if kind == SCM_TIMESTAMPNS:
+                        stamp = int.from_bytes(data[:8], order) * 1_000_000_000 + int.from_bytes(
+                            data[8:16], order
+                        )
+                elif kind in (IP_TTL, IPV6_HOPLIMIT):
+                    ttl = int.from_bytes(data[:4], order)
+            if not stamp:
+                stamp = time_ns()
+            now = monotonic()
+            host = addr[0]
+            session = sessions.get((host, addr[1]) if v6 else addr)
+            if session is None:
+                session = self.find(host, addr[1])
+                if session is None:
+                    self.drop(None, DropReason.UNKNOWN_SENDER, "no session for this sender", addr)
+                    continue
+            state = session.state
+            if state is not started:
+                if state is stopping and now > session.deadline:
+                    self.owner.end_session(self, session, EndReason.TIMEOUT_AFTER_STOP, now)
+                    state = session.state
+                if state is not stopping:
+                    reason = DropReason.NOT_STARTED if state is SessionState.ADDED else DropReason.AFTER_STOP
+                    self.drop(session, reason, f"session is {state.value}", addr)
+                    continue
+            bucket = session.bucket
+            if bucket is not None and not bucket.take(now):
+                self.drop(session, DropReason.RATE_LIMITED, "over the session's packet rate", addr)
+                continue
+            engine = session.engine
+            assert engine is not None
+            session.last_activity = now
+            try:
+                reply = engine.reflect(view, nbytes, ntp_from_ns(stamp), ttl, ntp_now)
+            except TestPacketError as exc:
+                self.drop(session, DropReason.of(exc), str(exc), addr)
+                continue
+            dscp = session.params.dscp
+            try:
+                if dscp != self.dscp:
+                    set_dscp(sock, dscp)
+                    self.dscp = dscp
+                sendto(reply, addr)
+            except OSError as exc:
+                self.drop(session, DropReason.SEND_FAILED, str(exc), addr)
+                continue
+            session.reflected += 1
+            if now >= next_housekeeping:
+                next_housekeeping = self._housekeeping()
+        self._shutdown()
+
+    def _housekeeping(self) -> float:
+        """Ends sessions past their Timeout or REFWAIT, forgets them after linger, closes an unused port."""
+        owner = self.owner
+        now = time.monotonic()
+        config = owner.config
+        for session in self.all_sessions():
+            if session.state is SessionState.STOPPING and now > session.deadline:
+                owner.end_session(self, session, EndReason.TIMEOUT_AFTER_STOP, now)
+            elif session.state in (SessionState.ADDED, SessionState.STARTED) and (
+                now - session.last_activity > config.refwait
+            ):
+                owner.end_session(self, session, EndReason.REFWAIT, now)
+            if session.state is SessionState.ENDED and now > session.deadline:
+                owner.forget_session(self, session)
+        if not self.sessions and not self.wildcards and now - self.last_activity > self.idle_limit():
+            owner.release(self)
+        return now + config.poll_interval
+
+    def idle_limit(self) -> float:
+        """A port whose sessions have all been forgotten closes at once; one never used after REFWAIT."""
+        return 0.0 if self.owner.port_was_used(self) else self.owner.config.refwait
+
+    def reflected_total(self) -> int:
+        return self.reflected + sum(s.reflected for s in self.all_sessions())
+
+    def _shutdown(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+
+class Reflector:
+    """All Session-Reflector state of one server: reserved ports, their threads, sessions and counters.
+
+    Typical use by a TWAMP-Control server: reserve_port() while answering Request-TW-Session (the port goes
+    into Accept-Session), add_session() once the TestSessionParams exist, start_session() on Start-Sessions,
+    stop_session() on Stop-Sessions, remove_session() when the control connection dies, close() at exit.
+    """
+
+    def __init__(
+        self,
+        config: ReflectorConfig | None = None,
+        *,
+        on_session_end: SessionEndCallback | None = None,
+        clock_sync: ClockSyncCache | None = None,
+    ) -> None:
+        self.config = config or ReflectorConfig()
+        self.on_session_end = on_session_end
+        self.bad_input_log = RateLimitedLog(log, self.config.log_interval)
+        self._clock_sync = clock_sync or ClockSyncCache()
+        self._lock = threading.RLock()
+        self._ports: dict[tuple[str, int], _Port] = {}
+        self._used_ports: set[_Port] = set()
+        self._by_sid: dict[bytes, tuple[_Port, _Session]] = {}
+        self._ended: collections.OrderedDict[bytes, SessionCounters] = collections.OrderedDict()
+        self._released_reflected = 0
+        self._released_dropped = dict.fromkeys(DropReason, 0)
+        self._range_cursor = 0
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"Reflector(ports={len(self._ports)}, sessions={len(self._by_sid)})"
+
+    # Ports ------------------------------------------------------------------------------------------------
+
+    def reserve_port(self, address: str, requested_port: int = 0) -> int:
+        """Binds a UDP port on `address` for a test session: the requested one if free, else one from the
+        configured range, else any. Returns the port for Accept-Session; raises OSError when none can be had.
+        """
+        host = _normal_address(address)
+        family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("reflector is closed")
+            last_error: OSError | None = None
+            for port in self._candidates(requested_port):
+                try:
+                    sock = self._bind(family, host, port)
+                except OSError as exc:
+                    last_error = exc
+                    continue
+                bound = sock.getsockname()[1]
+                entry = _Port(self, sock, host, bound)
+                self._ports[(host, bound)] = entry
+                entry.thread.start()
+                return int(bound)
+            raise last_error or OSError(errno.EADDRINUSE, "no UDP port available")
+
+    def _candidates(self, requested: int) -> Iterable[int]:
+        if requested:
+            yield requested
+        if self.config.port_range is not None:
+            low, high = self.config.port_range
+            span = high - low + 1
+            for step in range(span):
+                port = low + (self._range_cursor + step) % span
+                if port == requested:
+                    continue
+                self._range_cursor = (self._range_cursor + step + 1) % span
+                yield port
+            return
+        yield 0
+
+    @staticmethod
+    def _bind(family: int, host: str, port: int) -> socket.socket:
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((host, port))
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    def release_port(self, address: str, port: int) -> None:
+        """Gives back a reserved port no session was added to (e.g. the request was refused after all)."""
+        with self._lock:
+            entry = self._ports.get((_normal_address(address), port))
+            if entry is not None and not entry.sessions and not entry.wildcards:
+                self.release(entry)
+
+    def release(self, entry: _Port) -> None:
+        with self._lock:
+            if self._ports.get((entry.address, entry.port)) is not entry:
+                return
+            del self._ports[(entry.address, entry.port)]
+            self._used_ports.discard(entry)
+            self._released_reflected += entry.reflected
+            for reason, count in entry.dropped.items():
+                self._released_dropped[reason] += count
+            entry.closing = True
+
+    def port_was_used(self, entry: _Port) -> bool:
+        return entry in self._used_ports
+
+    # Sessions ---------------------------------------------------------------------------------------------
+
+    def add_session(self, params: TestSessionParams, *, max_pps: float | None = None) -> None:
+        """Prepares a session on its reserved port (params.reflector_address/port): keys, reply buffer,
+        rate limit. Packets are dropped (not-started) until start_session()."""
+        with self._lock:
+            if params.sid in self._by_sid:
+                raise ValueError(f"session {params.sid.hex()} already exists")
+            entry = self._port_for(params)
+            limit = max_pps if max_pps is not None else self.config.max_pps
+            now = time.monotonic()
+            bucket = None
+            if limit is not None:
+                burst = self.config.burst if self.config.burst is not None else max(1.0, limit / 10)
+                bucket = TokenBucket(limit, burst, now)
+            engine = SessionReflector(params, self._clock_sync.error_estimate_word())
+            if _is_unspecified(params.sender_address) or params.sender_port == 0:
+                key = None
+            else:
+                key = (_normal_address(params.sender_address), params.sender_port)
+                if key in entry.sessions:
+                    raise ValueError(f"port {entry.port} already has a session for sender {key}")
+            session = _Session(params.sid, params, key, engine, bucket, last_activity=now)
+            if key is None:
+                entry.wildcards.append(session)
+            else:
+                entry.sessions[key] = session
+            self._used_ports.add(entry)
+            self._by_sid[params.sid] = (entry, session)
+
+    def _port_for(self, params: TestSessionParams) -> _Port:
+        host = _normal_address(params.reflector_address) if params.reflector_address else ""
+        entry = self._ports.get((host, params.reflector_port))
+        if entry is None:
+            for (_, port), candidate in self._ports.items():
+                if port == params.reflector_port:
+                    return candidate
+            raise KeyError(f"no reserved port {params.reflector_port} for session {params.sid.hex()}")
+        return entry
+
+    def start_session(self, sid: bytes) -> None:
+        _entry, session = self._get(sid)
+        if session.state is SessionState.ADDED and session.engine is not None:
+            session.engine.error_estimate = self._clock_sync.error_estimate_word()
+            session.last_activity = time.monotonic()
+            session.state = SessionState.STARTED
+
+    def stop_session(self, sid: bytes) -> None:
+        """Stop-Sessions: reflects on for the session's Timeout, then discards its state (RFC 5357 s3.5)."""
+        _entry, session = self._get(sid)
+        if session.state in (SessionState.ADDED, SessionState.STARTED):
+            session.deadline = time.monotonic() + session.params.timeout
+            session.state = SessionState.STOPPING
+
+    def remove_session(self, sid: bytes) -> None:
+        """Discards a session now (its control connection is gone)."""
+        with self._lock:
+            found = self._by_sid.get(sid)
+            if found is not None:
+                self.end_session(found[0], found[1], EndReason.REMOVED, time.monotonic())
+
+    def _get(self, sid: bytes) -> tuple[_Port, _Session]:
+        found = self._by_sid.get(sid)
+        if found is None or found[1].state is SessionState.ENDED:
+            raise KeyError(f"no active session {sid.hex()}")
+        return found
+
+    def end_session(self, entry: _Port, session: _Session, reason: EndReason, now: float) -> None:
+        with self._lock:
+            if session.state is SessionState.ENDED:
+                return
+            session.state = SessionState.ENDED
+            session.end_reason = reason
+            session.engine = None  # drops the keys and the reply buffer
+            session.deadline = now + self.config.linger
+            entry.last_activity = now
+            snapshot = session.snapshot()
+        if self.on_session_end is not None:
+            try:
+                self.on_session_end(snapshot)
+            except Exception:
+                log.exception("on_session_end callback failed")
+
+    def forget_session(self, entry: _Port, session: _Session) -> None:
+        with self._lock:
+            snapshot = session.snapshot()
+            if session.key is None:
+                if session in entry.wildcards:
+                    entry.wildcards.remove(session)
+            elif entry.sessions.get(session.key) is session:
+                del entry.sessions[session.key]
+            entry.reflected += session.reflected
+            session.reflected = 0
+            found = self._by_sid.get(session.sid)
+            if found is not None and found[1] is session:
+                del self._by_sid[session.sid]
+            self._ended[session.sid] = snapshot
+            while len(self._ended) > self.config.kept_results:
+                self._ended.popitem(last=False)
+
+    # Observability ----------------------------------------------------------------------------------------
+
+    def counters(self, sid: bytes) -> SessionCounters | None:
+        found = self._by_sid.get(sid)
+        if found is not None:
+            return found[1].snapshot()
+        return self._ended.get(sid)
+
+    def totals(self) -> ReflectorTotals:
+        with self._lock:
+            reflected = self._released_reflected
+            dropped = dict(self._released_dropped)
+            ports = list(self._ports.values())
+            for entry in ports:
+                reflected += entry.reflected_total()
+                for reason, count in entry.dropped.items():
+                    dropped[reason] += count
+            active = sum(1 for _, s in self._by_sid.values() if s.state is not SessionState.ENDED)
+            return ReflectorTotals(
+                reflected, dropped, active, len(ports), all(e.kernel_timestamps for e in ports)
+            )
+
+    def close(self) -> None:
+        """Ends every session, stops every port thread and closes every socket."""
+        with self._lock:
+            self._closed = True
+            now = time.monotonic()
+            for entry, session in list(self._by_sid.values()):
+                self.end_session(entry, session, EndReason.CLOSED, now)
+            entries = list(self._ports.values())
+            for entry in entries:
+                self.release(entry)
+        for entry in entries:
+            if entry.thread.is_alive() and entry.thread is not threading.current_thread():
+                entry.thread.join()
+            entry.sock.close()
+
+    def __enter__(self) -> Reflector:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,138 @@
+"""The Session-Reflector's per-packet logic (RFC 5357 s4.2, RFC 6038), without sockets or clocks.
+
+A SessionReflector is built once per test session and then turns each received datagram into the reply in
+a buffer it owns, so the fast path allocates nothing but the few objects the cipher library returns. The
+adapter passes the arrival time and TTL in, and a clock that is read as late as the mode allows (T3 sits
+inside the encrypted part in encrypted mode, in clear otherwise).
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from collections.abc import Callable
+
+from nf.twamp.modes import SecurityMode
+from nf.twamp.test_packets import MAX_UDP_PAYLOAD, TestPacketCodec, TestPacketError, TestPacketErrorReason
+from nf.twamp.test_session import TestSessionParams
+
+NtpClock = Callable[[], int]  # returns a 64-bit NTP timestamp
+_TIMESTAMP = struct.Struct("!Q")
+
+
+class DropReason(enum.Enum):
+    """Why the reflector did not reflect a datagram: one counter each."""
+
+    SHORT = "short"
+    BAD_HMAC = "bad-hmac"
+    TOO_LONG = "too-long"
+    UNKNOWN_SENDER = "unknown-sender"
+    NOT_STARTED = "not-started"
+    RATE_LIMITED = "rate-limited"
+    AFTER_STOP = "after-stop"
+    SEND_FAILED = "send-failed"
+
+    @classmethod
+    def of(cls, error: TestPacketError) -> DropReason:
+        return _FROM_PACKET_ERROR[error.reason]
+
+
+_FROM_PACKET_ERROR = {
+    TestPacketErrorReason.SHORT: DropReason.SHORT,
+    TestPacketErrorReason.BAD_HMAC: DropReason.BAD_HMAC,
+    TestPacketErrorReason.TOO_LONG: DropReason.TOO_LONG,
+}
+
+
+class TokenBucket:
+    """Packets-per-second limit with a burst allowance; `now` is any monotonic clock in seconds."""
+
+    __slots__ = ("_burst", "_last", "_rate", "_tokens")
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        if rate <= 0 or burst < 1:
+            raise ValueError("token bucket needs a positive rate and a burst of at least one packet")
+        self._rate = rate
+        self._burst = float(burst)
+        self._tokens = float(burst)
+        self._last = now
+
+    def take(self, now: float) -> bool:
+        tokens = self._tokens + (now - self._last) * self._rate
+        self._last = now
+        if tokens > self._burst:
+            tokens = self._burst
+        if tokens >= 1.0:
+            self._tokens = tokens - 1.0
+            return True
+        self._tokens = tokens
+        return False
+
+
+class SessionReflector:
+    """Builds the replies of one test session; keeps the reflector's own sequence number."""
+
+    __slots__ = (
+        "_buf",
+        "_codec",
+        "_mode",
+        "_reflect_octets",
+        "_view",
+        "error_estimate",
+        "seq",
+    )
+
+    def __init__(self, params: TestSessionParams, error_estimate: int) -> None:
+        self._codec = TestPacketCodec(params.mode, params.keys, params.symmetric)
+        self._mode = params.mode
+        self._reflect_octets = params.reflect_octets
+        self._buf = bytearray(MAX_UDP_PAYLOAD)
+        self._view = memoryview(self._buf)
+        self.error_estimate = error_estimate  # raw Error Estimate word of the reflector's clock
+        self.seq = 0
+
+    def __repr__(self) -> str:
+        return f"SessionReflector({self._mode.value}, seq={self.seq})"
+
+    def reflect(
+        self, data: bytearray | memoryview, nbytes: int, receive_ntp: int, ttl: int, clock: NtpClock
+    ) -> memoryview:
+        """The reply to the first `nbytes` of `data`, valid until the next call; raises TestPacketError."""
+        codec = self._codec
+        sender = codec.sender_layout
+        reply_layout = codec.reflector_layout
+        if nbytes < sender.size:
+            raise TestPacketError(
+                TestPacketErrorReason.SHORT, f"{nbytes} octets, {sender.name} needs {sender.size}"
+            )
+        crypto = codec.sender_crypto
+        head = data if crypto is None else crypto.unprotect(data[:nbytes])
+        sender_seq, sender_ts, sender_ee = sender.struct.unpack_from(head)[:3]
+
+        # RFC 5357 s4.2.1: same size both ways (truncate by the header difference); RFC 6038: always room for
+        # the octets the session agreed to reflect, which start the padding in both directions.
+        padding_in = nbytes - sender.size
+        padding_out = max(padding_in - codec.truncation, self._reflect_octets, 0)
+        base = reply_layout.size
+        buf = self._buf
+        copied = min(padding_in, padding_out)
+        buf[base : base + copied] = data[sender.size : sender.size + copied]
+        if padding_out > copied:
+            buf[base + copied : base + padding_out] = bytes(padding_out - copied)
+
+        seq = self.seq
+        self.seq = (seq + 1) & 0xFFFFFFFF
+        pack = reply_layout.struct.pack_into
+        ee = self.error_estimate
+        reply_crypto = codec.reflector_crypto
+        if reply_crypto is None:
+            pack(buf, 0, seq, clock(), ee, receive_ntp, sender_seq, sender_ts, sender_ee, ttl)
+        elif self._mode is SecurityMode.AUTHENTICATED:
+            # T3 is outside the ECB block and the HMAC, so protect first and stamp last.
+            pack(buf, 0, seq, 0, ee, receive_ntp, sender_seq, sender_ts, sender_ee, ttl, b"")
+            reply_crypto.protect(buf)
+            _TIMESTAMP.pack_into(buf, 16, clock())
+        else:
+            pack(buf, 0, seq, clock(), ee, receive_ntp, sender_seq, sender_ts, sender_ee, ttl, b"")
+            reply_crypto.protect(buf)
+        return self._view[: base + padding_out]
