@@ -7,6 +7,7 @@ never reveals its bytes: it only performs the PBKDF2 step the control protocol n
 
 from __future__ import annotations
 
+import hmac
 from typing import Protocol
 
 from cryptography.hazmat.primitives import hashes
@@ -23,6 +24,14 @@ class SharedSecret:
 
     def __repr__(self) -> str:
         return "SharedSecret(<hidden>)"
+
+    def __eq__(self, other: object) -> bool:
+        """Constant-time comparison, so tests can check a derived secret without reading it."""
+        if not isinstance(other, SharedSecret):
+            return NotImplemented
+        return hmac.compare_digest(self._secret, other._secret)
+
+    __hash__ = None  # type: ignore[assignment]
 
     def derive_kek(self, salt: bytes, count: int) -> bytes:
         """The 16-octet key that wraps the Token (RFC 4656 s3.1: PBKDF2-HMAC-SHA1 with Salt and Count)."""

@@ -1,0 +1,195 @@
+"""IKE identities (RFC 7296 s3.5) and strongSwan-style identity strings (ikev2-interop.md s4.1).
+
+"192.0.2.1" and "2001:db8::1" are address IDs, "@host" or "host" an FQDN, "user@host" or "@@user@host"
+an RFC 822 address, "@#0123ab" a KEY_ID, anything containing "=" a DER DN in X.500 order
+("C=CH, O=strongSwan, CN=moon"), and "%any" (or "") the wildcard that matches any peer identity.
+strongSwan's "type:value" prefixes (fqdn:, email:, rfc822:, keyid:, ipv4:, ipv6:, asn1dn:) work too.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import re
+from dataclasses import dataclass, field
+
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+from nf.ike.errors import AuthenticationError, AuthReason
+from nf.ike.payloads import IDiPayload, IDrPayload
+
+
+class IDType(enum.IntEnum):
+    ANY = 0  # never on the wire: the configuration wildcard
+    IPV4_ADDR = 1
+    FQDN = 2
+    RFC822_ADDR = 3
+    IPV6_ADDR = 5
+    DER_ASN1_DN = 9
+    DER_ASN1_GN = 10
+    KEY_ID = 11
+
+
+_DN_KEYS: dict[str, x509.ObjectIdentifier] = {
+    "C": NameOID.COUNTRY_NAME,
+    "ST": NameOID.STATE_OR_PROVINCE_NAME,
+    "L": NameOID.LOCALITY_NAME,
+    "O": NameOID.ORGANIZATION_NAME,
+    "OU": NameOID.ORGANIZATIONAL_UNIT_NAME,
+    "CN": NameOID.COMMON_NAME,
+    "E": NameOID.EMAIL_ADDRESS,
+    "EMAILADDRESS": NameOID.EMAIL_ADDRESS,
+    "DC": NameOID.DOMAIN_COMPONENT,
+    "SN": NameOID.SURNAME,
+    "GN": NameOID.GIVEN_NAME,
+    "SERIALNUMBER": NameOID.SERIAL_NUMBER,
+    "UID": NameOID.USER_ID,
+}
+_UNESCAPED_COMMA = re.compile(r"(?<!\\),")
+
+
+def parse_dn(text: str) -> x509.Name:
+    """A DN string in X.500 order ("C=CH, O=Org, CN=moon") as an x509.Name; ',' inside values as '\\,'."""
+    attributes: list[x509.NameAttribute[str]] = []
+    for part in _UNESCAPED_COMMA.split(text):
+        key, sep, value = part.partition("=")
+        oid = _DN_KEYS.get(key.strip().upper())
+        if not sep or oid is None or not value.strip():
+            raise AuthenticationError(AuthReason.BAD_IDENTITY, f"bad DN component {part.strip()!r}")
+        try:
+            attributes.append(x509.NameAttribute(oid, value.strip().replace("\\,", ",")))
+        except ValueError as exc:
+            raise AuthenticationError(AuthReason.BAD_IDENTITY, f"bad DN value: {exc}") from None
+    return x509.Name([x509.RelativeDistinguishedName([a]) for a in attributes])
+
+
+@dataclass(frozen=True)
+class Identity:
+    """An ID payload's type and data; `text` keeps the configured spelling for logs and DN matching."""
+
+    id_type: int
+    data: bytes
+    text: str = field(default="", compare=False)
+
+    @classmethod
+    def parse(cls, text: str) -> Identity:
+        raw = text.strip()
+        prefix, sep, rest = raw.partition(":")
+        if sep and prefix.lower() in _PREFIXES and not _looks_like_ipv6(raw):
+            return _PREFIXES[prefix.lower()](rest.strip(), raw)
+        if raw in ("", "%any", "%any6"):
+            return ANY
+        try:
+            address = ipaddress.ip_address(raw)
+        except ValueError:
+            pass
+        else:
+            kind = IDType.IPV4_ADDR if address.version == 4 else IDType.IPV6_ADDR
+            return cls(kind, address.packed, raw)
+        if raw.startswith("@#"):
+            return _key_id(raw[2:], raw)
+        if raw.startswith("@@"):
+            return cls(IDType.RFC822_ADDR, raw[2:].encode(), raw)
+        if raw.startswith("@"):
+            return cls(IDType.FQDN, raw[1:].encode(), raw)
+        if "=" in raw:
+            return _dn(raw, raw)
+        if "@" in raw:
+            return cls(IDType.RFC822_ADDR, raw.encode(), raw)
+        return cls(IDType.FQDN, raw.encode(), raw)
+
+    @classmethod
+    def from_payload(cls, payload: IDiPayload | IDrPayload) -> Identity:
+        return cls(payload.id_type, payload.data)
+
+    @classmethod
+    def from_name(cls, name: x509.Name) -> Identity:
+        """The ID_DER_ASN1_DN of a certificate subject (what strongSwan sends by default)."""
+        return cls(IDType.DER_ASN1_DN, name.public_bytes(), name.rfc4514_string())
+
+    def to_idi(self) -> IDiPayload:
+        self._check_sendable()
+        return IDiPayload(self.id_type, self.data)
+
+    def to_idr(self) -> IDrPayload:
+        self._check_sendable()
+        return IDrPayload(self.id_type, self.data)
+
+    def _check_sendable(self) -> None:
+        if self.id_type == IDType.ANY:
+            raise ValueError("%any is a wildcard and cannot be sent")
+
+    @property
+    def is_any(self) -> bool:
+        return self.id_type == IDType.ANY
+
+    def matches(self, received: Identity) -> bool:
+        """Whether a received identity satisfies this configured one (%any matches everything)."""
+        if self.is_any:
+            return True
+        if self.id_type != received.id_type:
+            return False
+        if self.id_type in (IDType.FQDN, IDType.RFC822_ADDR):
+            return self.data.lower() == received.data.lower()
+        return self.data == received.data
+
+    def __str__(self) -> str:
+        if self.text:
+            return self.text
+        if self.id_type in (IDType.IPV4_ADDR, IDType.IPV6_ADDR):
+            try:
+                return str(ipaddress.ip_address(self.data))
+            except ValueError:
+                pass
+        if self.id_type in (IDType.FQDN, IDType.RFC822_ADDR):
+            return self.data.decode("ascii", "backslashreplace")
+        if self.id_type == IDType.ANY:
+            return "%any"
+        return f"{_TYPE_WORD.get(self.id_type, str(self.id_type))}:#{self.data.hex()}"
+
+
+ANY = Identity(IDType.ANY, b"", "%any")
+
+
+def _looks_like_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _key_id(hex_text: str, raw: str) -> Identity:
+    try:
+        return Identity(IDType.KEY_ID, bytes.fromhex(hex_text.removeprefix("#")), raw)
+    except ValueError:
+        raise AuthenticationError(AuthReason.BAD_IDENTITY, f"KEY_ID {raw!r} is not hex") from None
+
+
+def _dn(text: str, raw: str) -> Identity:
+    return Identity(IDType.DER_ASN1_DN, parse_dn(text).public_bytes(), raw)
+
+
+def _address(text: str, raw: str, version: int) -> Identity:
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        raise AuthenticationError(AuthReason.BAD_IDENTITY, f"{raw!r} is not an address") from None
+    if address.version != version:
+        raise AuthenticationError(AuthReason.BAD_IDENTITY, f"{raw!r} is not IPv{version}")
+    return Identity(IDType.IPV4_ADDR if version == 4 else IDType.IPV6_ADDR, address.packed, raw)
+
+
+_PREFIXES = {
+    "fqdn": lambda v, raw: Identity(IDType.FQDN, v.encode(), raw),
+    "email": lambda v, raw: Identity(IDType.RFC822_ADDR, v.encode(), raw),
+    "rfc822": lambda v, raw: Identity(IDType.RFC822_ADDR, v.encode(), raw),
+    "keyid": lambda v, raw: _key_id(v, raw),
+    "ipv4": lambda v, raw: _address(v, raw, 4),
+    "ipv6": lambda v, raw: _address(v, raw, 6),
+    "asn1dn": lambda v, raw: _dn(v, raw),
+}
+_TYPE_WORD: dict[int, str] = {
+    IDType.DER_ASN1_DN: "asn1dn", IDType.DER_ASN1_GN: "asn1gn", IDType.KEY_ID: "keyid",
+}
