@@ -1,6 +1,6 @@
-"""Resource limits of the TWAMP server: what may be admitted, and a packet-rate budget.
+"""Resource limits of the TWAMP server and the bookkeeping that admits control connections.
 
-Pure bookkeeping (no sockets, no clock of its own) so the asyncio listener and the reflector thread share one
+Pure bookkeeping (no sockets, no clock of its own) so the asyncio listener and the reflector share one
 definition of each limit and tests can drive it directly. Defaults follow RFC 5357 s3.1/s4.2 for SERVWAIT and
 REFWAIT (900 s) and keep the rest small enough that one host cannot exhaust the server.
 """
@@ -24,7 +24,7 @@ class Limits:
     max_connections: int = 64
     max_connections_per_client: int = 8
     max_sessions_per_connection: int = 16
-    max_pps: float = 10_000.0  # per test session, reflected packets per second
+    max_pps: float | None = None  # per test session, reflected packets per second; None = unlimited
     servwait: float = 900.0  # seconds a control connection may stay silent (RFC 5357 SERVWAIT)
     refwait: float = 900.0  # seconds a test session may stay silent (RFC 5357 REFWAIT)
     max_message_size: int = 1024  # octets of one control message (bounds RFC 5938 SID lists)
@@ -32,7 +32,7 @@ class Limits:
     def __post_init__(self) -> None:
         if min(self.max_connections, self.max_connections_per_client, self.max_sessions_per_connection) < 1:
             raise ValueError("connection and session limits must be at least 1")
-        if min(self.max_pps, self.servwait, self.refwait) <= 0:
+        if min(self.servwait, self.refwait, self.max_pps or 1.0) <= 0:
             raise ValueError("max-pps, servwait and refwait must be positive")
         if self.max_message_size < 112:
             raise ValueError("max message size must hold a Request-TW-Session (112 octets)")
@@ -64,27 +64,3 @@ class ConnectionTracker:
         self._per_client[client] -= 1
         if not self._per_client[client]:
             del self._per_client[client]
-
-
-class TokenBucket:
-    """Packet-rate budget: `rate` per second with bursts of up to `burst`; time is passed in."""
-
-    __slots__ = ("_burst", "_last", "_rate", "_tokens")
-
-    def __init__(self, rate: float, burst: float | None = None, now: float = 0.0) -> None:
-        if rate <= 0:
-            raise ValueError("rate must be positive")
-        self._rate = rate
-        self._burst = burst if burst is not None else max(1.0, rate / 10)
-        self._tokens = self._burst
-        self._last = now
-
-    def allow(self, now: float) -> bool:
-        elapsed = now - self._last
-        if elapsed > 0:
-            self._tokens = min(self._burst, self._tokens + elapsed * self._rate)
-            self._last = now
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
-            return True
-        return False
