@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Self
 
 from nf.twamp.control_events import ControlFailure, MalformedMessage
 from nf.twamp.modes import Accept
-from nf.twamp.timestamps import NTP_UNIX_OFFSET
+from nf.twamp.timestamps import decode_timestamp, encode_timestamp
 
 BLOCK = 16
 ZERO_HMAC = bytes(16)
@@ -98,14 +98,12 @@ def _check_len(value: bytes, size: int, name: str) -> None:
 
 
 def ntp_to_unix(raw: int) -> float:
-    """A 64-bit NTP timestamp field (RFC 4656 s4.1.2) as Unix seconds."""
-    return float((raw >> 32) - NTP_UNIX_OFFSET) + (raw & 0xFFFFFFFF) / 4_294_967_296.0
+    """A 64-bit NTP timestamp field (RFC 4656 s4.1.2) as Unix seconds (timestamps' era rule applies)."""
+    return decode_timestamp(raw.to_bytes(8, "big"))
 
 
 def unix_to_ntp(unix_time: float) -> int:
-    seconds = int(unix_time // 1)
-    fraction = int((unix_time - seconds) * 4_294_967_296.0) & 0xFFFFFFFF
-    return (((seconds + NTP_UNIX_OFFSET) & 0xFFFFFFFF) << 32) | fraction
+    return int.from_bytes(encode_timestamp(unix_time), "big")
 
 
 def interval_to_seconds(raw: int) -> float:

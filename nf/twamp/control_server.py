@@ -352,7 +352,7 @@ class ControlServer:
         secret = source.secret_for(key_id) if source is not None else None
         try:
             keys: ControlKeys | None = ControlKeys.open_token(
-                secret or _STAND_IN_SECRET,
+                secret if secret is not None else _STAND_IN_SECRET,
                 self._greeting.salt,
                 self._greeting.count,
                 response.token,
