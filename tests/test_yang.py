@@ -1,0 +1,338 @@
+"""The YANG contract: modules lint clean, examples validate or fail for the stated reason, docs stay true.
+
+Every pyang/yanglint invocation goes through yang/check, the same script CI runs, so the test and the CI
+step cannot drift apart. The modules are also compared with the runtime's own Modes and Accept tables:
+a renumbered bit would silently break the management-to-runtime mapping.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pyang import context, repository  # type: ignore[import-untyped]
+
+from nf.twamp.modes import Accept, Modes, SecurityMode
+
+ROOT = Path(__file__).resolve().parent.parent
+YANG = ROOT / "yang"
+EXAMPLES = YANG / "examples"
+MODULES = ("twamp-nf-twamp", "twamp-nf-ike", "twamp-nf-ike-binding")
+IETF_DIR = Path(sys.prefix) / "share" / "yang" / "modules" / "ietf"
+CHECK_TIMEOUT = 120
+VALID_KINDS = {"config": "config", "state": "data", "notifications": "notif"}
+EXPECT = re.compile(r"^<!-- expect: (.*) -->$", re.MULTILINE)
+
+# YANG bit name -> runtime flag, and YANG Accept enum -> runtime Accept value.
+MODE_NAMES = {
+    "unauthenticated": Modes.UNAUTHENTICATED,
+    "authenticated": Modes.AUTHENTICATED,
+    "encrypted": Modes.ENCRYPTED,
+    "unauth-test-encrypt-control": Modes.MIXED,
+    "individual-session-control": Modes.INDIVIDUAL_SESSION_CONTROL,
+    "reflect-octets": Modes.REFLECT_OCTETS,
+    "symmetrical-size": Modes.SYMMETRICAL_SIZE,
+    "ikev2-derived": Modes.IKEV2_DERIVED,
+}
+ACCEPT_NAMES = {
+    "ok": Accept.OK,
+    "failure": Accept.FAILURE,
+    "internal-error": Accept.INTERNAL_ERROR,
+    "not-supported": Accept.NOT_SUPPORTED,
+    "permanent-resource-limit": Accept.PERMANENT_RESOURCE_LIMITATION,
+    "temp-resource-limit": Accept.TEMPORARY_RESOURCE_LIMITATION,
+    "unknown-sa": Accept.UNKNOWN_SA,
+}
+
+
+def run_check(*args: str, check_script: Path = YANG / "check") -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    env["PYTHON"] = sys.executable
+    return subprocess.run(
+        ["bash", str(check_script), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=CHECK_TIMEOUT,
+        check=False,
+    )
+
+
+def examples(kind: str) -> list[Path]:
+    found = sorted((EXAMPLES / kind).glob("*.xml"))
+    assert found, f"no examples in {kind}"
+    return found
+
+
+def validate(kind: str, path: Path) -> subprocess.CompletedProcess[str]:
+    return run_check("validate", kind, str(path))
+
+
+@pytest.fixture(scope="module")
+def schema() -> dict[str, Any]:
+    """The three modules compiled by pyang's library, for questions yanglint's CLI cannot answer."""
+    repo = repository.FileRepository(f"{IETF_DIR}{os.pathsep}{YANG}", use_env=False)
+    ctx = context.Context(repo)
+    modules = {}
+    for name in MODULES:
+        path = YANG / f"{name}.yang"
+        modules[name] = ctx.add_module(str(path), path.read_text(encoding="utf-8"))
+    ctx.validate()
+    assert not ctx.errors, [(e[0].ref, e[0].line, e[1]) for e in ctx.errors]
+    return modules
+
+
+def schema_nodes(stmt: Any, path: str = "") -> list[tuple[str, Any]]:
+    nodes = []
+    for child in getattr(stmt, "i_children", []):
+        child_path = f"{path}/{child.arg}"
+        nodes.append((child_path, child))
+        nodes.extend(schema_nodes(child, child_path))
+    return nodes
+
+
+def test_modules_pass_pyang_strict_lint_and_yanglint() -> None:
+    result = run_check("lint")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout + result.stderr == "", "warnings count as failures"
+
+
+@pytest.mark.parametrize("kind", sorted(VALID_KINDS))
+def test_valid_examples_are_accepted(kind: str) -> None:
+    for path in examples(kind):
+        result = validate(VALID_KINDS[kind], path)
+        assert result.returncode == 0, f"{path.name}: {result.stderr}"
+        assert result.stderr == "", f"{path.name}: {result.stderr}"
+        if kind == "config":
+            validate_with_libyang_binding(path)
+
+
+def validate_with_libyang_binding(path: Path) -> None:
+    """The NETCONF server validates with the libyang Python binding; when installed, it must agree."""
+    if importlib.util.find_spec("libyang") is None:
+        return
+    libyang: Any = importlib.import_module("libyang")
+    ctx = libyang.Context(f"{IETF_DIR}:{YANG}")
+    try:
+        for name in MODULES:
+            ctx.load_module(name).feature_enable_all()
+        tree = ctx.parse_data_mem(
+            path.read_text(encoding="utf-8"), "xml", no_state=True, strict=True, validate_present=True
+        )
+        if tree is not None:
+            tree.free()
+    finally:
+        ctx.destroy()
+
+
+@pytest.mark.parametrize("path", examples("invalid"), ids=lambda p: p.stem)
+def test_invalid_examples_are_rejected_with_their_reason(path: Path) -> None:
+    text = path.read_text(encoding="utf-8")
+    expected = EXPECT.findall(text)
+    assert len(expected) == 1, "each invalid example states exactly one expected message"
+    result = validate("config", path)
+    assert result.returncode != 0, "accepted"
+    assert expected[0] in result.stderr
+
+
+def test_the_three_required_invalid_cases_exist() -> None:
+    """Issue 5 names these three rejections; keep them even if the others change."""
+    stems = {p.stem for p in examples("invalid")}
+    assert {"bad-mode-combination", "dangling-leafref", "count-out-of-range"} <= stems
+
+
+def test_examples_cover_every_role_and_an_ikev2_pair() -> None:
+    text = {p.stem: p.read_text(encoding="utf-8") for p in examples("config")}
+    assert any("<client>" in t for t in text.values())
+    assert any("<server>" in t for t in text.values())
+    assert any("<session-sender>" in t for t in text.values())
+    assert any("<session-reflector>" in t for t in text.values())
+    assert "<ike-peer>" in text["client-ikev2"] and "ikev2-derived</mode>" in text["client-ikev2"]
+    assert "<allowed-peer>" in text["server-ikev2"] and "ikev2-derived</modes>" in text["server-ikev2"]
+
+
+def test_rejected_secret_is_not_echoed() -> None:
+    """libyang's default length message quotes the value; our error-message must replace it."""
+    path = EXAMPLES / "invalid" / "psk-too-short.xml"
+    psk = re.search(r"<psk>(.*)</psk>", path.read_text(encoding="utf-8"))
+    assert psk is not None
+    result = validate("config", path)
+    assert result.returncode != 0
+    assert psk.group(1) not in result.stderr
+
+
+def test_config_check_rejects_state_data() -> None:
+    """State examples carry config false nodes, so they are not valid configuration."""
+    result = validate("config", EXAMPLES / "state" / "client-ikev2-state.xml")
+    assert result.returncode != 0
+
+
+SERVER_WITH_COUNT = """<twamp xmlns="urn:twamp-nf:yang:twamp-nf-twamp">
+  <server>
+    <count>{count}</count><max-count-exponent>{exponent}</max-count-exponent><modes>authenticated</modes>
+  </server>
+</twamp>
+"""
+
+
+@pytest.mark.parametrize(
+    ("count", "accepted"),
+    [
+        (0, False),
+        (512, False),
+        (1023, False),
+        (1024, True),
+        (1025, False),
+        (3072, False),
+        (32768, True),
+        (2**20, True),
+        (2**31 - 1, False),
+        (2**31, True),
+    ],
+)
+def test_count_accepts_exactly_powers_of_two_from_1024(tmp_path: Path, count: int, accepted: bool) -> None:
+    path = tmp_path / "server.xml"
+    path.write_text(SERVER_WITH_COUNT.format(count=count, exponent=31), encoding="utf-8")
+    result = validate("config", path)
+    assert (result.returncode == 0) is accepted, result.stderr
+    if not accepted:
+        assert "count must be a power of two" in result.stderr
+
+
+@pytest.mark.parametrize("exponent", [10, 11, 15, 20, 30])
+def test_count_is_capped_by_max_count_exponent(tmp_path: Path, exponent: int) -> None:
+    at_cap = tmp_path / "at-cap.xml"
+    at_cap.write_text(SERVER_WITH_COUNT.format(count=2**exponent, exponent=exponent), encoding="utf-8")
+    result = validate("config", at_cap)
+    assert result.returncode == 0, result.stderr
+    above = tmp_path / "above-cap.xml"
+    above.write_text(SERVER_WITH_COUNT.format(count=2 ** (exponent + 1), exponent=exponent), encoding="utf-8")
+    result = validate("config", above)
+    assert result.returncode != 0
+    assert "count must not exceed 2^max-count-exponent" in result.stderr
+
+
+def chain_document(words: list[int]) -> str:
+    entries = "".join(
+        f"<mode-preference-chain><priority>{i}</priority><mode>{mode_bits(word)}</mode>"
+        "</mode-preference-chain>"
+        for i, word in enumerate(words)
+    )
+    return f'<twamp xmlns="urn:twamp-nf:yang:twamp-nf-twamp"><client>{entries}</client></twamp>\n'
+
+
+def mode_bits(word: int) -> str:
+    return " ".join(name for name, flag in MODE_NAMES.items() if word & flag)
+
+
+def runtime_accepts_client_mode(word: int) -> bool:
+    """The rule the control client enforces: one security mode, and IKEv2 keying only with a secret."""
+    security = SecurityMode.from_modes(word)
+    if security is None:
+        return False
+    return not (word & Modes.IKEV2_DERIVED and security is SecurityMode.UNAUTHENTICATED)
+
+
+def test_every_client_mode_the_runtime_accepts_validates(tmp_path: Path) -> None:
+    words = [w for w in range(1, 256) if runtime_accepts_client_mode(w)]
+    assert len(words) == 56
+    path = tmp_path / "chain.xml"
+    path.write_text(chain_document(words), encoding="utf-8")
+    result = validate("config", path)
+    assert result.returncode == 0, result.stderr
+
+
+def test_client_modes_the_runtime_refuses_are_rejected(tmp_path: Path) -> None:
+    # Feature bits 4-6 do not affect the rule, so every combination of bits 0-3 and 7 covers it.
+    words = [w for w in range(256) if not w & 0b01110000 and not runtime_accepts_client_mode(w)]
+    assert len(words) == 25
+    for word in words:
+        path = tmp_path / f"chain-{word}.xml"
+        path.write_text(chain_document([word]), encoding="utf-8")
+        result = validate("config", path)
+        assert result.returncode != 0, f"mode {word} ({mode_bits(word)}) accepted"
+        assert "mode must select exactly one security mode" in result.stderr or (
+            "ikev2-derived needs a mode that uses a secret" in result.stderr
+        )
+
+
+def test_mode_bits_match_the_runtime_modes(schema: dict[str, Any]) -> None:
+    typedef = schema["twamp-nf-twamp"].search_one("typedef", "twamp-modes")
+    bits = {b.arg: 1 << int(b.search_one("position").arg) for b in typedef.search_one("type").search("bit")}
+    assert bits == {name: int(flag) for name, flag in MODE_NAMES.items()}
+    assert set(MODE_NAMES.values()) == set(Modes)
+
+
+def test_accept_values_match_the_runtime_accept(schema: dict[str, Any]) -> None:
+    typedef = schema["twamp-nf-twamp"].search_one("typedef", "accept-value")
+    enums = {e.arg: int(e.search_one("value").arg) for e in typedef.search_one("type").search("enum")}
+    assert enums == {name: int(value) for name, value in ACCEPT_NAMES.items()}
+    assert set(ACCEPT_NAMES.values()) == set(Accept)
+
+
+def test_secrets_are_default_deny_all_and_nothing_else_looks_secret(schema: dict[str, Any]) -> None:
+    denied = set()
+    secret_looking = set()
+    for module in schema.values():
+        for path, node in schema_nodes(module):
+            if node.search_one(("ietf-netconf-acm", "default-deny-all")) is not None:
+                denied.add(path)
+            if node.keyword in ("leaf", "leaf-list") and re.search(r"secret|psk|private-key$|sk-", node.arg):
+                secret_looking.add(path)
+    assert denied == {
+        "/twamp/client/key-chain/secret-key",
+        "/twamp/server/key-chain/secret-key",
+        "/ike/local-identity/credential/psk/psk",
+    }
+    assert secret_looking == denied, "a secret-looking leaf without nacm:default-deny-all"
+
+
+def test_no_key_material_in_state_or_notifications(schema: dict[str, Any]) -> None:
+    """State and notifications may name SAs by SPI, never carry SK_*, tokens, IVs or derived secrets."""
+    for module in schema.values():
+        roots = [*module.search("notification")]
+        roots += [node for _, node in schema_nodes(module) if node.i_config is False]
+        for root in roots:
+            for path, node in [(root.arg, root), *schema_nodes(root, root.arg)]:
+                assert not re.search(r"secret|psk|token|-iv$|^iv$|sk-|private", node.arg), path
+
+
+def doc_trees() -> dict[str, str]:
+    text = (ROOT / "docs" / "yang.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"<!-- tree: ([a-z-]+) -->\n```text\n(.*?)```\n", text, re.DOTALL)
+    return dict(blocks)
+
+
+def test_docs_carry_the_current_tree_of_each_module() -> None:
+    trees = doc_trees()
+    assert sorted(trees) == sorted(MODULES)
+    for name in MODULES:
+        result = run_check("tree", name)
+        assert result.returncode == 0, result.stderr
+        assert trees[name] == result.stdout, f"docs/yang.md tree of {name} is stale: regenerate it"
+
+
+def test_ci_check_fails_on_a_broken_example(tmp_path: Path) -> None:
+    """yang/check is the CI gate: it must fail, not just print, when an example misbehaves."""
+    copy = tmp_path / "yang"
+    shutil.copytree(YANG, copy)
+    shutil.copy(copy / "examples" / "invalid" / "bad-mode-combination.xml", copy / "examples" / "config")
+    relaxed = copy / "examples" / "invalid" / "count-out-of-range.xml"
+    relaxed.write_text(relaxed.read_text(encoding="utf-8").replace("<count>512", "<count>2048"), "utf-8")
+    result = run_check(check_script=copy / "check")
+    assert result.returncode != 0
+    assert "valid example rejected" in result.stderr and "bad-mode-combination.xml" in result.stderr
+    assert "invalid example accepted" in result.stderr and "count-out-of-range.xml" in result.stderr
+
+
+def test_ci_check_passes_on_the_tree() -> None:
+    result = run_check()
+    assert result.returncode == 0, result.stderr
