@@ -98,7 +98,7 @@ class ClientConfig:
             raise ValueError("mode_preference is empty")
         for entry in self.mode_preference:
             security = SecurityMode.from_modes(entry & SECURITY_MODES)
-            if security is None or entry & ~(SECURITY_MODES | Modes.IKEV2_DERIVED):
+            if security is None or int(entry) & ~int(SECURITY_MODES | Modes.IKEV2_DERIVED):
                 raise ValueError(f"preference {int(entry):#x} must be one security mode (+ IKEv2Derived)")
             if security.control_is_protected and entry & Modes.IKEV2_DERIVED:
                 if self.ikev2_key_id is None or len(self.ikev2_key_id) != 16 or self.ikev2_key_source is None:
@@ -107,7 +107,7 @@ class ClientConfig:
                 raise ValueError(f"preference {int(entry):#x} needs a key_id and a key_source")
         if self.key_id is not None:
             key_id_field(self.key_id)
-        if self.features & ~_FEATURES:
+        if int(self.features) & ~int(_FEATURES):
             raise ValueError("features may only hold bits 4-6")
         if not 10 <= self.max_count_exponent <= 31:
             raise ValueError("max_count_exponent must be 10..31")
@@ -318,7 +318,7 @@ class ControlClient:
 
     def _choose(self, offered: int) -> Modes | None:
         for entry in self._config.mode_preference:
-            if not entry & ~offered:
+            if not int(entry) & ~offered:  # int: IntFlag's ~ would drop unknown bits
                 return entry | (self._config.features & offered)
         return None
 

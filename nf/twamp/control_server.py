@@ -93,8 +93,9 @@ class ServerConfig:
     strict_mbz: bool = True
 
     def __post_init__(self) -> None:
-        if self.modes & ~KNOWN_MODES:
-            raise ValueError(f"unknown Modes bits {int(self.modes & ~KNOWN_MODES):#x}")
+        unknown = int(self.modes) & ~int(KNOWN_MODES)  # int: IntFlag's ~ would drop unknown bits
+        if unknown:
+            raise ValueError(f"unknown Modes bits {unknown:#x}")
         if self.count < 1024 or self.count >= 2**32 or self.count & (self.count - 1):
             raise ValueError("Count must be a power of 2, at least 1024")
         if self.max_sessions < 1:
@@ -339,7 +340,7 @@ class ControlServer:
         if security is None:
             self._refuse(Accept.NOT_SUPPORTED, ControlFailure.MODE_INVALID, f"Mode {response.mode:#x}")
             return True
-        if response.mode & ~self._config.modes:
+        if response.mode & ~int(self._config.modes):
             self._refuse(Accept.NOT_SUPPORTED, ControlFailure.MODE_NOT_OFFERED, f"Mode {response.mode:#x}")
             return True
         mode = Modes(response.mode)
