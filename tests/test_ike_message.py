@@ -1,0 +1,286 @@
+"""Whole IKE messages: header codec, plain and SK-protected round trips per cipher suite, tampering,
+direction of keys, and the non-ESP marker framing."""
+
+from __future__ import annotations
+
+import functools
+import os
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nf.ike.errors import IKEParseError, ParseReason
+from nf.ike.keymat import IKEKeymat
+from nf.ike.message import (
+    ExchangeType,
+    HeaderFlags,
+    Message,
+    decode_header,
+    decode_message,
+    encode_message,
+    frame,
+    plain,
+    protected,
+    unframe,
+)
+from nf.ike.payloads import (
+    DeletePayload,
+    NoncePayload,
+    NotifyPayload,
+    NotifyType,
+    Payload,
+    PayloadType,
+    encode_payloads,
+)
+from nf.ike.proposals import CipherSuite, ProposalSpec
+from tests.test_ike_payloads import payloads
+
+SUITES = [
+    "aes128-sha256-x25519",
+    "aes192-sha384-ecp256",
+    "aes256-sha512-ecp384",
+    "aes128-sha1-modp2048",
+    "aes128gcm16-prfsha256-x25519",
+    "aes256gcm16-prfsha384-ecp384",
+]
+SPI_I = bytes.fromhex("0102030405060708")
+SPI_R = bytes.fromhex("1112131415161718")
+
+
+def _first_suite(text: str) -> CipherSuite:
+    spec = ProposalSpec.parse(text)
+    return CipherSuite(
+        spec.encrs[0], spec.prfs[0], spec.integs[0] if spec.integs else None, spec.dh_groups[0]
+    )
+
+
+@functools.cache
+def keymats(text: str) -> tuple[IKEKeymat, IKEKeymat]:
+    """(initiator, responder) keymats of one SA, agreed through a real key exchange."""
+    suite = _first_suite(text)
+    ours, theirs = suite.dh.generate(os.urandom), suite.dh.generate(os.urandom)
+    secret = ours.shared_secret(theirs.public_value)
+    assert secret == theirs.shared_secret(ours.public_value)
+    nonce_i, nonce_r = os.urandom(32), os.urandom(32)
+    common = {"shared_secret": secret, "nonce_i": nonce_i, "nonce_r": nonce_r, "spi_i": SPI_I, "spi_r": SPI_R}
+    initiator = IKEKeymat.derive(suite, initiator=True, rng=os.urandom, **common)
+    responder = IKEKeymat.derive(suite, initiator=False, rng=os.urandom, **common)
+    return initiator, responder
+
+
+chains = st.lists(payloads, max_size=5)
+headers = st.tuples(
+    st.binary(min_size=8, max_size=8),
+    st.binary(min_size=8, max_size=8),
+    st.sampled_from(list(ExchangeType)),
+    st.integers(0, 0xFFFFFFFF),
+    st.booleans(),
+    st.booleans(),
+)
+
+
+# --- header ----------------------------------------------------------------------------------------
+
+
+def test_header_octets_and_fields() -> None:
+    msg = plain(
+        SPI_I,
+        bytes(8),
+        ExchangeType.IKE_SA_INIT,
+        0,
+        is_response=False,
+        from_initiator=True,
+        payloads=[NoncePayload(bytes(32))],
+    )
+    raw = encode_message(msg)
+    assert raw[:28] == struct.pack(
+        "!8s8sBBBBII", SPI_I, bytes(8), PayloadType.NONCE, 0x20, 34, 0x08, 0, 28 + 36
+    )
+    header = decode_header(raw)
+    assert (header.major_version, header.minor_version, header.exchange) == (2, 0, 34)
+    assert header.from_initiator and not header.is_response and header.length == len(raw)
+
+
+def test_minor_version_is_ignored_and_major_checked() -> None:
+    raw = bytearray(
+        encode_message(plain(SPI_I, SPI_R, 37, 5, is_response=True, from_initiator=False, payloads=[]))
+    )
+    raw[17] = 0x2F
+    assert decode_message(bytes(raw)).message_id == 5
+    raw[17] = 0x30
+    with pytest.raises(IKEParseError) as info:
+        decode_header(bytes(raw))
+    assert info.value.reason is ParseReason.UNSUPPORTED_MAJOR_VERSION
+
+
+@pytest.mark.parametrize(("cut", "reason"), [(10, ParseReason.TRUNCATED), (30, ParseReason.BAD_LENGTH)])
+def test_header_length_must_match_datagram(cut: int, reason: ParseReason) -> None:
+    raw = encode_message(
+        plain(SPI_I, SPI_R, 37, 1, is_response=False, from_initiator=True, payloads=[NoncePayload(bytes(16))])
+    )
+    with pytest.raises(IKEParseError) as info:
+        decode_message(raw[:cut])
+    assert info.value.reason is reason
+    with pytest.raises(IKEParseError):
+        decode_message(raw + b"\x00")
+
+
+@given(headers, chains)
+def test_plain_message_round_trip(
+    header: tuple[bytes, bytes, int, int, bool, bool], chain: list[Payload]
+) -> None:
+    spi_i, spi_r, exchange, mid, response, initiator = header
+    msg = plain(spi_i, spi_r, exchange, mid, is_response=response, from_initiator=initiator, payloads=chain)
+    raw = encode_message(msg)
+    assert decode_message(raw) == msg
+    flags = raw[19]
+    assert bool(flags & HeaderFlags.RESPONSE) == response and bool(flags & HeaderFlags.INITIATOR) == initiator
+    assert not flags & HeaderFlags.VERSION
+
+
+# --- SK protection ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suite", SUITES)
+@settings(max_examples=40, deadline=None)
+@given(header=headers, chain=chains)
+def test_protected_round_trip_each_suite(
+    suite: str, header: tuple[bytes, bytes, int, int, bool, bool], chain: list[Payload]
+) -> None:
+    initiator, responder = keymats(suite)
+    _, _, exchange, mid, response, _ = header
+    msg = protected(SPI_I, SPI_R, exchange, mid, is_response=response, from_initiator=True, payloads=chain)
+    raw = encode_message(msg, initiator)
+    assert decode_header(raw).next_payload == PayloadType.SK
+    assert decode_message(raw, responder) == msg
+    reply = protected(SPI_I, SPI_R, exchange, mid, is_response=True, from_initiator=False, payloads=chain)
+    assert decode_message(encode_message(reply, responder), initiator) == reply
+
+
+@pytest.mark.parametrize("suite", SUITES)
+def test_sk_layout_lengths(suite: str) -> None:
+    initiator, _ = keymats(suite)
+    inner = [NotifyPayload(NotifyType.AUTHENTICATION_FAILED)]
+    raw = encode_message(
+        protected(SPI_I, SPI_R, 35, 1, is_response=True, from_initiator=True, payloads=inner), initiator
+    )
+    sk_next, sk_flags, sk_length = struct.unpack("!BBH", raw[28:32])
+    assert (sk_next, sk_flags, sk_length) == (PayloadType.NOTIFY, 0, len(raw) - 28)
+    encr = initiator.suite.encr
+    icv = encr.icv_size if encr.aead else initiator.suite.integ.icv_size  # type: ignore[union-attr]
+    _, inner_raw = encode_payloads(inner)
+    body = len(raw) - 32 - encr.iv_size - icv
+    assert body == (len(inner_raw) + 1 if encr.aead else 16)  # minimal padding: 8 + 1 -> one AES block
+
+
+@pytest.mark.parametrize("suite", SUITES)
+def test_each_message_gets_a_fresh_iv(suite: str) -> None:
+    initiator, responder = keymats(suite)
+    msg = protected(SPI_I, SPI_R, 37, 2, is_response=False, from_initiator=True, payloads=[DeletePayload(1)])
+    first, second = encode_message(msg, initiator), encode_message(msg, initiator)
+    iv_size = initiator.suite.encr.iv_size
+    assert first[32 : 32 + iv_size] != second[32 : 32 + iv_size]
+    assert decode_message(first, responder) == decode_message(second, responder) == msg
+
+
+@pytest.mark.parametrize("suite", SUITES)
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_any_tampering_is_detected(suite: str, data: st.DataObject) -> None:
+    initiator, responder = keymats(suite)
+    msg = protected(SPI_I, SPI_R, 37, 9, is_response=False, from_initiator=True, payloads=[DeletePayload(1)])
+    raw = bytearray(encode_message(msg, initiator))
+    index = data.draw(st.integers(0, len(raw) - 1))
+    raw[index] ^= data.draw(st.integers(1, 255))
+    try:
+        decoded = decode_message(bytes(raw), responder)
+    except IKEParseError:
+        return
+    # Only a rewritten Next Payload can make the SK bytes parse as some unprotected payload; such a
+    # message is then not "encrypted", which exchanges treat as unauthenticated.
+    assert not decoded.encrypted
+
+
+@pytest.mark.parametrize("suite", SUITES)
+def test_own_keys_do_not_open_own_messages(suite: str) -> None:
+    initiator, _ = keymats(suite)
+    raw = encode_message(
+        protected(SPI_I, SPI_R, 37, 2, is_response=False, from_initiator=True, payloads=[]), initiator
+    )
+    with pytest.raises(IKEParseError) as info:
+        decode_message(raw, initiator)
+    assert info.value.reason is ParseReason.INTEGRITY_CHECK_FAILED
+
+
+def test_other_sa_keys_fail_integrity() -> None:
+    a, _ = keymats("aes128-sha256-x25519")
+    other = IKEKeymat.derive(
+        a.suite,
+        shared_secret=bytes(32),
+        nonce_i=bytes(16),
+        nonce_r=bytes(16),
+        spi_i=SPI_I,
+        spi_r=SPI_R,
+        initiator=False,
+        rng=os.urandom,
+    )
+    raw = encode_message(
+        protected(SPI_I, SPI_R, 37, 2, is_response=False, from_initiator=True, payloads=[]), a
+    )
+    with pytest.raises(IKEParseError) as info:
+        decode_message(raw, other)
+    assert info.value.reason is ParseReason.INTEGRITY_CHECK_FAILED
+
+
+def test_sk_needs_keys_and_must_stand_alone() -> None:
+    initiator, responder = keymats("aes128gcm16-prfsha256-x25519")
+    raw = encode_message(
+        protected(SPI_I, SPI_R, 37, 2, is_response=False, from_initiator=True, payloads=[]), initiator
+    )
+    with pytest.raises(IKEParseError) as info:
+        decode_message(raw)
+    assert info.value.reason is ParseReason.SK_WITHOUT_KEYS
+    # An unprotected Notify in front of SK: rebuild the chain by hand.
+    _, notify = encode_payloads([NotifyPayload(NotifyType.COOKIE, b"c")], last_next=PayloadType.SK)
+    body = raw[28:]
+    spliced = bytearray(raw[:28] + notify + body)
+    spliced[16] = PayloadType.NOTIFY
+    spliced[24:28] = struct.pack("!I", len(spliced))
+    with pytest.raises(IKEParseError) as info:
+        decode_message(bytes(spliced), responder)
+    assert info.value.reason is ParseReason.BAD_PAYLOAD
+
+
+def test_message_helpers() -> None:
+    msg = Message(
+        SPI_I,
+        SPI_R,
+        34,
+        0,
+        True,
+        False,
+        (
+            NotifyPayload(NotifyType.COOKIE, b"1"),
+            NoncePayload(bytes(16)),
+            NotifyPayload(NotifyType.COOKIE, b"2"),
+        ),
+    )
+    assert msg.first(NoncePayload) == NoncePayload(bytes(16))
+    assert msg.first(DeletePayload) is None
+    assert [n.data for n in msg.notifies(NotifyType.COOKIE)] == [b"1", b"2"]
+    assert msg.flags == HeaderFlags.RESPONSE
+
+
+# --- non-ESP marker --------------------------------------------------------------------------------
+
+
+def test_non_esp_marker_only_when_neither_port_is_500() -> None:
+    raw = b"\x01" * 28
+    assert frame(raw, 500, 50500) == raw and unframe(raw, 50500, 500) == raw
+    assert frame(raw, 4500, 50500) == bytes(4) + raw
+    assert unframe(bytes(4) + raw, 4500, 50500) == raw
+    with pytest.raises(IKEParseError) as info:
+        unframe(raw, 4500, 50500)  # an ESP packet (non-zero SPI) on a NAT-T port
+    assert info.value.reason is ParseReason.NON_ESP_MARKER
