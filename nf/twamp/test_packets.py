@@ -57,7 +57,11 @@ def ntp_from_ns(unix_ns: int) -> int:
 
 
 def unix_from_ntp(ntp: int) -> float:
-    return float((ntp >> 32) - NTP_UNIX_OFFSET) + (ntp & 0xFFFFFFFF) / _NTP_FRACTION
+    """Unix time of a 64-bit NTP timestamp; seconds below 2^31 are read as NTP era 1 (from 2036 on)."""
+    seconds = ntp >> 32
+    if seconds < 0x80000000:
+        seconds += 1 << 32
+    return float(seconds - NTP_UNIX_OFFSET) + (ntp & 0xFFFFFFFF) / _NTP_FRACTION
 
 
 class TestPacketErrorReason(enum.Enum):
@@ -195,20 +199,21 @@ class ReflectorPacket:
 class _Crypto:
     """The packet protection of one security mode, over a given layout (which part, which cipher)."""
 
-    __slots__ = ("_keys", "_mode", "hmac_offset")
+    __slots__ = ("_decrypt_block", "_encrypt_block", "_keys", "_mode", "covered", "hmac_offset")
 
     def __init__(self, mode: SecurityMode, keys: TestSessionKeys, layout: Layout) -> None:
         self._mode = mode
         self._keys = keys
         self.hmac_offset = layout.offsets["hmac"]
+        # Octets encrypted and HMACed: the first block (authenticated) or all before the HMAC (encrypted).
+        self.covered = 16 if mode is SecurityMode.AUTHENTICATED else self.hmac_offset
+        # Prepared ECB contexts: one per codec, so a codec must stay on one thread (each session's does).
+        encryptor, decryptor = keys.ecb_contexts()
+        self._encrypt_block = encryptor.update
+        self._decrypt_block = decryptor.update
 
     def __repr__(self) -> str:
         return f"_Crypto({self._mode.value})"
-
-    @property
-    def covered(self) -> int:
-        """Octets encrypted and HMACed: the first block (authenticated) or all before the HMAC (encrypted)."""
-        return 16 if self._mode is SecurityMode.AUTHENTICATED else self.hmac_offset
 
     def protect(self, buf: bytearray) -> None:
         """In place: write the HMAC of the plaintext, then encrypt the covered part."""
@@ -216,7 +221,7 @@ class _Crypto:
         plain = bytes(buf[:covered])
         buf[self.hmac_offset : self.hmac_offset + 16] = self._keys.hmac16(plain)
         if covered == 16:
-            buf[:16] = self._keys.ecb_encrypt(plain)
+            buf[:16] = self._encrypt_block(plain)
         else:
             buf[:covered] = self._keys.cbc_encrypt(plain)
 
@@ -224,7 +229,7 @@ class _Crypto:
         """The plaintext header (through the HMAC field); raises TestPacketError when the HMAC is wrong."""
         covered = self.covered
         head = bytes(data[: self.hmac_offset + 16])
-        plain = self._keys.ecb_decrypt(head[:16]) if covered == 16 else self._keys.cbc_decrypt(head[:covered])
+        plain = self._decrypt_block(head[:16]) if covered == 16 else self._keys.cbc_decrypt(head[:covered])
         if not hmac.compare_digest(self._keys.hmac16(plain), head[self.hmac_offset :]):
             raise TestPacketError(TestPacketErrorReason.BAD_HMAC, "HMAC does not match the packet")
         return plain + head[covered:]
