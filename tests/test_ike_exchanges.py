@@ -1,0 +1,450 @@
+"""The sans-IO IKE engine against itself: every exchange, retries, windows, limits and bad input.
+
+Two engines exchange datagrams in memory (the wire tests with sockets and strongSwan are elsewhere); time
+is passed in, so retransmission and timeouts are driven without sleeping.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Callable
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from nf.ike.auth import PreSharedKey
+from nf.ike.counters import Reason
+from nf.ike.exchanges import IKEEngine, Limits, PeerConfig
+from nf.ike.identities import Identity
+from nf.ike.message import HEADER, ExchangeType, decode_header, unframe
+from nf.ike.payloads import GENERIC_HEADER, PayloadType
+from nf.ike.proposals import parse_proposals
+from nf.ike.sa import IKESA, Deleted, Established, Event, Failed, Rekeyed, RetransmitPolicy, SAState
+
+A = ("127.0.0.1", 41000)
+B = ("127.0.0.1", 41001)
+PSK = PreSharedKey(bytes(range(32)))
+FAST = RetransmitPolicy(timeout=1.0, base=2.0, tries=2)
+
+
+def config(
+    local: str, remote: str, proposals: str = "aes128-sha256-modp2048", psk: PreSharedKey = PSK
+) -> PeerConfig:
+    return PeerConfig(
+        Identity.parse(local), Identity.parse(remote), parse_proposals(proposals), psk=psk, retransmit=FAST
+    )
+
+
+def engines(
+    init_props: str = "aes128-sha256-modp2048",
+    resp_props: str | None = None,
+    limits: Limits | None = None,
+    resp_psk: PreSharedKey = PSK,
+) -> tuple[IKEEngine, IKEEngine]:
+    a = IKEEngine(A, os.urandom, 0.0, peers=[config("a.test", "b.test", init_props)])
+    b = IKEEngine(
+        B,
+        os.urandom,
+        0.0,
+        peers=[config("b.test", "a.test", resp_props or init_props, resp_psk)],
+        limits=limits,
+    )
+    return a, b
+
+
+def pump(
+    a: IKEEngine, b: IKEEngine, now: float = 0.0, tamper: Callable[[bytes], bytes | None] | None = None
+) -> list[bytes]:
+    """Deliver datagrams both ways until quiet; returns everything that went over the 'wire'."""
+    wire: list[bytes] = []
+    moved = True
+    while moved:
+        moved = False
+        for src, dst in ((a, b), (b, a)):
+            for datagram, addr in src.datagrams_to_send():
+                assert addr == dst.local
+                moved = True
+                wire.append(datagram)
+                if tamper is not None:
+                    changed = tamper(datagram)
+                    if changed is None:
+                        continue
+                    datagram = changed
+                dst.receive_datagram(datagram, src.local, now)
+    return wire
+
+
+def reasons(engine: IKEEngine) -> list[tuple[str, str]]:
+    """(event class, reason) of the Deleted/Failed events waiting in `engine`."""
+    return [(type(e).__name__, e.reason) for e in events(engine) if isinstance(e, Deleted | Failed)]
+
+
+def events(engine: IKEEngine) -> list[Event]:
+    out = []
+    while (event := engine.next_event()) is not None:
+        out.append(event)
+    return out
+
+
+def establish(a: IKEEngine, b: IKEEngine) -> tuple[IKESA, IKESA]:
+    sa = a.initiate(B, a.peers[0], 0.0)
+    pump(a, b)
+    peer = b.lookup(*sa.spis)
+    assert peer is not None and sa.state == peer.state == SAState.ESTABLISHED
+    return sa, peer
+
+
+@pytest.mark.parametrize(
+    "proposals",
+    [
+        "aes128-sha256-modp2048",
+        "aes256-sha384-ecp256",
+        "aes256-sha512-ecp384",
+        "aes128gcm16-prfsha256-x25519",
+        "aes256gcm16-prfsha384-ecp256",
+    ],
+)
+def test_childless_sa_both_roles_same_ippm_secret(proposals: str) -> None:
+    a, b = engines(proposals)
+    sa, peer = establish(a, b)
+    (ev_a,), (ev_b,) = events(a), events(b)
+    assert isinstance(ev_a, Established) and isinstance(ev_b, Established)
+    assert ev_a.spis == ev_b.spis == sa.spis and ev_a.peer_id == "b.test" and ev_b.peer_id == "a.test"
+    assert ev_a.initiator and not ev_b.initiator
+    assert (
+        ev_a.algorithms
+        == proposals.replace("-sha256-", "-sha256-prfsha256-")
+        .replace("-sha384-", "-sha384-prfsha384-")
+        .replace("-sha512-", "-sha512-prfsha512-")
+        or "gcm" in proposals
+    )
+    assert sa.ippm_secret() == peer.ippm_secret()
+    assert a.lookup(*sa.spis) is sa and b.lookup(*sa.spis) is peer
+    assert sa.next_request_id == 2 and peer.next_request_id == 0  # s2.2: per-requester counters
+    assert not a.counters.snapshot() and not b.counters.snapshot()
+
+
+def test_repr_shows_spis_and_algorithms_only() -> None:
+    a, b = engines("aes256gcm16-prfsha384-ecp256")
+    sa, _ = establish(a, b)
+    text = repr(sa)
+    assert sa.spi_i.hex() in text and sa.spi_r.hex() in text and "aes256gcm16-prfsha384-ecp256" in text
+    assert repr(sa.keymat).startswith("IKEKeymat(spi_i=") and "b'" not in repr(sa.keymat)
+    assert "b'" not in text and repr(sa.ippm_secret()) == "SharedSecret(<hidden>)"
+
+
+def test_invalid_ke_payload_retry_uses_the_group_the_responder_wants() -> None:
+    a, b = engines("aes128-sha256-x25519-modp2048", "aes128-sha256-modp2048")
+    sa, peer = establish(a, b)
+    assert b.counters[Reason.INVALID_KE_PAYLOAD] == 1
+    assert sa.algorithms.endswith("modp2048") and sa.ippm_secret() == peer.ippm_secret()
+
+
+def test_no_proposal_chosen_fails_the_initiator() -> None:
+    a, b = engines("aes128-sha256-modp2048", "aes256gcm16-prfsha384-ecp256")
+    sa = a.initiate(B, a.peers[0], 0.0)
+    pump(a, b)
+    (failed,) = events(a)
+    assert isinstance(failed, Failed) and failed.reason == "no-proposal-chosen" and failed.spis == sa.spis
+    assert b.counters[Reason.NO_PROPOSAL_CHOSEN] == 1 and len(b.registry) == 0 and len(a.registry) == 0
+
+
+def test_cookie_round_trip_then_sa_comes_up() -> None:
+    a, b = engines(limits=Limits(cookie_always=True))
+    sa = a.initiate(B, a.peers[0], 0.0)
+    wire = pump(a, b)
+    assert sa.state == SAState.ESTABLISHED and b.counters[Reason.COOKIE_REQUIRED] == 1
+    # the retried IKE_SA_INIT carries COOKIE as its first payload (s2.6)
+    retry = unframe(wire[2], A[1], B[1])
+    assert decode_header(retry).next_payload == PayloadType.NOTIFY
+    assert struct.unpack_from("!H", retry, HEADER.size + GENERIC_HEADER.size + 2)[0] == 16390
+
+
+def test_forged_cookie_is_refused_with_a_fresh_one() -> None:
+    a, b = engines(limits=Limits(cookie_always=True))
+    a.initiate(B, a.peers[0], 0.0)
+
+    def forge(datagram: bytes) -> bytes:
+        data = unframe(datagram, A[1], B[1])
+        header = decode_header(data)
+        if (
+            header.exchange == ExchangeType.IKE_SA_INIT
+            and not header.is_response
+            and header.next_payload == 41
+        ):
+            cookie_at = HEADER.size + GENERIC_HEADER.size + 4
+            data = data[:cookie_at] + bytes([data[cookie_at] ^ 1]) + data[cookie_at + 1 :]
+        return bytes(4) + data
+
+    pump(a, b, tamper=forge)
+    assert b.counters[Reason.COOKIE_INVALID] >= 1 and len(b.registry) == 0
+
+
+def _flood(b: IKEEngine, count: int, base_port: int) -> list[IKEEngine]:
+    """`count` initiators that each send one IKE_SA_INIT and never answer a cookie by themselves."""
+    floods = [
+        IKEEngine(("127.0.0.1", base_port + i), os.urandom, 0.0, peers=[config("x.test", "b.test")])
+        for i in range(count)
+    ]
+    for flood in floods:
+        flood.initiate(B, flood.peers[0], 0.0)
+        for datagram, _ in flood.datagrams_to_send():
+            b.receive_datagram(datagram, flood.local, 0.0)
+    return floods
+
+
+def test_half_open_flood_triggers_cookies_and_a_legitimate_sa_still_comes_up() -> None:
+    b = IKEEngine(B, os.urandom, 0.0, peers=[config("b.test", "%any")], limits=Limits(cookie_threshold=2))
+    _flood(b, 5, 42000)
+    assert b.registry.half_open_count == 2 and b.counters[Reason.COOKIE_REQUIRED] == 3
+    b.datagrams_to_send()
+    a = IKEEngine(A, os.urandom, 0.0, peers=[config("a.test", "b.test")])
+    sa = a.initiate(B, a.peers[0], 0.0)
+    pump(a, b)
+    assert sa.state == SAState.ESTABLISHED and b.counters[Reason.COOKIE_REQUIRED] == 4
+
+
+def test_half_open_hard_cap_drops_even_with_valid_cookies() -> None:
+    b = IKEEngine(
+        B,
+        os.urandom,
+        0.0,
+        peers=[config("b.test", "%any")],
+        limits=Limits(cookie_threshold=1, max_half_open=2),
+    )
+    floods = _flood(b, 4, 43000)
+    replies = {addr: datagram for datagram, addr in b.datagrams_to_send()}
+    for flood in floods[1:]:  # the three that were asked for a cookie answer it
+        flood.receive_datagram(replies[flood.local], B, 0.0)
+        for datagram, _ in flood.datagrams_to_send():
+            b.receive_datagram(datagram, flood.local, 0.0)
+    assert b.registry.half_open_count == 2
+    assert b.counters[Reason.HALF_OPEN_LIMIT] == 2
+
+
+def test_half_open_sa_times_out() -> None:
+    a, b = engines()
+    a.initiate(B, a.peers[0], 0.0)
+    for datagram, _ in a.datagrams_to_send():
+        b.receive_datagram(datagram, A, 0.0)
+    assert b.registry.half_open_count == 1
+    deadline = b.next_timer()
+    assert deadline is not None
+    b.handle_timer(deadline)
+    assert len(b.registry) == 0 and b.counters[Reason.HALF_OPEN_TIMEOUT] == 1
+    (failed,) = events(b)
+    assert isinstance(failed, Failed) and failed.reason == "half-open-timeout"
+
+
+def test_retransmission_is_bit_identical_with_backoff_then_gives_up() -> None:
+    a, _ = engines()
+    sa = a.initiate(B, a.peers[0], 0.0)
+    ((first, _),) = a.datagrams_to_send()
+    assert a.next_timer() == pytest.approx(1.0)
+    a.handle_timer(0.5)
+    assert a.datagrams_to_send() == []
+    a.handle_timer(1.0)
+    assert a.datagrams_to_send() == [(first, B)]
+    assert a.next_timer() == pytest.approx(3.0)  # 1.0 + 1.0 * 2**1
+    a.handle_timer(3.0)
+    assert a.datagrams_to_send() == [(first, B)]
+    a.handle_timer(3.0 + 4.0)
+    (failed,) = events(a)
+    assert isinstance(failed, Failed) and failed.reason == "timeout" and failed.spis == sa.spis
+    assert len(a.registry) == 0
+
+
+def test_duplicate_request_gets_the_stored_response_not_reprocessed() -> None:
+    a, b = engines()
+    sa = a.initiate(B, a.peers[0], 0.0)
+    pump(a, b, tamper=lambda d: d)
+    assert sa.state == SAState.ESTABLISHED
+    a.check_liveness(sa, 1.0)
+    ((request, _),) = a.datagrams_to_send()
+    b.receive_datagram(request, A, 1.0)
+    ((response, _),) = b.datagrams_to_send()
+    b.receive_datagram(request, A, 1.1)
+    assert b.datagrams_to_send() == [(response, A)]
+    assert b.counters[Reason.RETRANSMITTED_REQUEST] == 1
+    a.receive_datagram(response, B, 1.2)
+    a.receive_datagram(response, B, 1.3)  # a second copy no longer matches an outstanding request
+    assert a.counters[Reason.UNEXPECTED_RESPONSE] == 1 and not sa.busy
+
+
+def test_bad_icv_unknown_spi_and_truncation_are_dropped_silently_and_counted() -> None:
+    a, b = engines()
+    sa, _ = establish(a, b)
+    a.check_liveness(sa, 1.0)
+    ((request, _),) = a.datagrams_to_send()
+    flipped = request[:-1] + bytes([request[-1] ^ 0x01])
+    b.receive_datagram(flipped, A, 1.0)
+    unknown = request[:4] + bytes(8) + request[12:]
+    b.receive_datagram(unknown, A, 1.0)
+    b.receive_datagram(request[:20], A, 1.0)
+    b.receive_datagram(bytes(4) + b"\x00" * 10, A, 1.0)
+    assert b.datagrams_to_send() == []
+    assert b.counters[Reason.INTEGRITY_CHECK_FAILED] == 1
+    assert b.counters[Reason.UNKNOWN_SPI] == 1
+    assert b.counters[Reason.TRUNCATED] == 2
+    b.receive_datagram(request, A, 1.0)  # the genuine one still works afterwards
+    assert len(b.datagrams_to_send()) == 1
+
+
+def test_wrong_psk_is_authentication_failed_on_both_sides() -> None:
+    a, b = engines(resp_psk=PreSharedKey(b"another secret"))
+    sa = a.initiate(B, a.peers[0], 0.0)
+    pump(a, b)
+    (failed_a,), (failed_b,) = events(a), events(b)
+    assert isinstance(failed_a, Failed) and failed_a.reason == "authentication-failed"
+    assert isinstance(failed_b, Failed) and failed_b.reason == "authentication-failed"
+    assert failed_a.spis == failed_b.spis == sa.spis
+    assert b.counters[Reason.AUTHENTICATION_FAILED] == 1 and len(a.registry) == len(b.registry) == 0
+
+
+def test_identity_mismatch_is_authentication_failed() -> None:
+    a = IKEEngine(A, os.urandom, 0.0, peers=[config("a.test", "b.test")])
+    b = IKEEngine(B, os.urandom, 0.0, peers=[config("b.test", "someone-else.test")])
+    a.initiate(B, a.peers[0], 0.0)
+    pump(a, b)
+    assert b.counters[Reason.AUTHENTICATION_FAILED] == 1
+    assert [e.reason for e in events(a) if isinstance(e, Failed)] == ["authentication-failed"]
+
+
+def _inject(a: IKEEngine, sa: IKESA, inner_first: int, inner: bytes) -> bytes:
+    """An authenticated INFORMATIONAL request on `sa` with a hand-made inner payload chain."""
+    keymat = sa.keymat_or_fail()
+    mid = sa.take_request_id()
+    sk_length = GENERIC_HEADER.size + keymat.sk_body_length(len(inner))
+    header = HEADER.pack(
+        spi_i=sa.spi_i,
+        spi_r=sa.spi_r,
+        next_payload=PayloadType.SK,
+        version=0x20,
+        exchange=ExchangeType.INFORMATIONAL,
+        flags=0x08,
+        message_id=mid,
+        length=HEADER.size + sk_length,
+    )
+    aad = header + GENERIC_HEADER.pack(next_payload=inner_first, flags=0, length=sk_length)
+    return bytes(4) + aad + keymat.protect(aad, inner)
+
+
+def test_unknown_critical_payload_gets_unsupported_critical_payload() -> None:
+    a, b = engines("aes256gcm16-prfsha384-ecp256")
+    sa, peer = establish(a, b)
+    critical = GENERIC_HEADER.pack(next_payload=0, flags=0x80, length=8) + b"\0\0\0\0"
+    b.receive_datagram(_inject(a, sa, 99, critical), A, 1.0)
+    ((response, _),) = b.datagrams_to_send()
+    assert b.counters[Reason.UNSUPPORTED_CRITICAL_PAYLOAD] == 1
+    assert peer.state == SAState.ESTABLISHED  # not fatal
+    # non-critical unknown payloads are skipped: an ordinary empty answer
+    skipped = GENERIC_HEADER.pack(next_payload=0, flags=0, length=8) + b"\0\0\0\0"
+    b.receive_datagram(_inject(a, sa, 99, skipped), A, 1.0)
+    assert len(b.datagrams_to_send()) == 1 and b.counters[Reason.UNSUPPORTED_CRITICAL_PAYLOAD] == 1
+    del response
+
+
+def test_malformed_authenticated_request_is_invalid_syntax_and_fatal() -> None:
+    a, b = engines()
+    sa, peer = establish(a, b)
+    bad = GENERIC_HEADER.pack(next_payload=0, flags=0, length=40) + b"\0\0\0\0"  # length past the end
+    b.receive_datagram(_inject(a, sa, PayloadType.NOTIFY, bad), A, 1.0)
+    assert len(b.datagrams_to_send()) == 1 and b.counters[Reason.INVALID_SYNTAX] == 1
+    assert peer.state == SAState.DELETED and b.lookup(*sa.spis) is None
+    assert [e.reason for e in events(b) if isinstance(e, Deleted)] == ["invalid-syntax"]
+
+
+def test_child_sa_request_is_refused_with_no_additional_sas() -> None:
+    a, b = engines()
+    sa, peer = establish(a, b)
+    from nf.ike.payloads import NoncePayload, SAPayload, encode_payloads
+    from nf.ike.proposals import Proposal, Transform
+
+    esp = Proposal(1, 3, b"\1\2\3\4", (Transform.make(1, 12, 128), Transform.make(3, 12)))
+    first, chain = encode_payloads([SAPayload((esp,)), NoncePayload(bytes(32))])
+    keymat = sa.keymat_or_fail()
+    mid = sa.take_request_id()
+    sk_length = GENERIC_HEADER.size + keymat.sk_body_length(len(chain))
+    header = HEADER.pack(
+        spi_i=sa.spi_i,
+        spi_r=sa.spi_r,
+        next_payload=PayloadType.SK,
+        version=0x20,
+        exchange=ExchangeType.CREATE_CHILD_SA,
+        flags=0x08,
+        message_id=mid,
+        length=HEADER.size + sk_length,
+    )
+    aad = header + GENERIC_HEADER.pack(next_payload=first, flags=0, length=sk_length)
+    b.receive_datagram(bytes(4) + aad + keymat.protect(aad, chain), A, 1.0)
+    assert len(b.datagrams_to_send()) == 1 and b.counters[Reason.CHILD_SA_REFUSED] == 1
+    assert peer.state == SAState.ESTABLISHED
+
+
+@pytest.mark.parametrize("initiator_rekeys", [True, False])
+def test_rekey_from_either_side_then_delete(initiator_rekeys: bool) -> None:
+    a, b = engines("aes128gcm16-prfsha256-x25519")
+    sa, peer = establish(a, b)
+    events(a), events(b)
+    old_secret = sa.ippm_secret()
+    (b if not initiator_rekeys else a).rekey(peer if not initiator_rekeys else sa, 1.0)
+    pump(a, b, 1.0)
+    rekeyed_a = [e for e in events(a) if isinstance(e, Rekeyed)]
+    rekeyed_b = [e for e in events(b) if isinstance(e, Rekeyed)]
+    assert rekeyed_a == rekeyed_b and rekeyed_a[0].old_spis == sa.spis
+    new_a, new_b = a.lookup(*rekeyed_a[0].new_spis), b.lookup(*rekeyed_a[0].new_spis)
+    assert (
+        new_a is not None and new_b is not None and a.lookup(*sa.spis) is None and b.lookup(*sa.spis) is None
+    )
+    assert new_a.ippm_secret() == new_b.ippm_secret() and new_a.ippm_secret() != old_secret
+    # the side that rekeyed is the new SA's original initiator (s2.2)
+    assert new_a.initiator if initiator_rekeys else new_b.initiator
+    assert new_a.next_request_id == 0 and new_b.next_request_id == 0
+    b.delete(new_b, 2.0)
+    pump(a, b, 2.0)
+    assert reasons(a) == [("Deleted", "deleted-by-peer")] and reasons(b) == [("Deleted", "deleted")]
+    assert len(a.registry) == len(b.registry) == 0
+
+
+def test_liveness_timeout_deletes_a_dead_peer() -> None:
+    a, b = engines()
+    sa, _ = establish(a, b)
+    events(a)
+    assert a.check_liveness(sa, 10.0)
+    a.datagrams_to_send()
+    now = 10.0
+    while (deadline := a.next_timer()) is not None:
+        now = deadline
+        a.handle_timer(now)
+    assert now == pytest.approx(10.0 + 1.0 + 2.0 + 4.0)
+    assert reasons(a) == [("Deleted", "timeout")]
+    assert a.counters[Reason.TIMEOUT] == 1
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_mutated_datagrams_never_raise(data: st.DataObject) -> None:
+    """Every prefix/bit-flip/garbage of a real exchange is dropped or answered, never an exception."""
+    a, b = engines("aes128-sha256-x25519")
+    a.initiate(B, a.peers[0], 0.0)
+    wire = pump(a, b)
+    datagram = data.draw(st.sampled_from(wire))
+    mutation = data.draw(st.sampled_from(["truncate", "flip", "garbage", "extend"]))
+    if mutation == "truncate":
+        datagram = datagram[: data.draw(st.integers(0, len(datagram) - 1))]
+    elif mutation == "flip":
+        index = data.draw(st.integers(0, len(datagram) - 1))
+        datagram = (
+            datagram[:index]
+            + bytes([datagram[index] ^ data.draw(st.integers(1, 255))])
+            + datagram[index + 1 :]
+        )
+    elif mutation == "garbage":
+        datagram = data.draw(st.binary(max_size=600))
+    else:
+        datagram = datagram + data.draw(st.binary(min_size=1, max_size=40))
+    for engine, source in ((a, B), (b, A)):
+        engine.receive_datagram(datagram, source, 1.0)
+        engine.datagrams_to_send()
