@@ -1,0 +1,311 @@
+"""The threaded Session-Reflector and the Session-Sender against each other on loopback, real UDP sockets."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from nf.net.reflector import EndReason, Reflector, ReflectorConfig, SessionCounters, SessionState
+from nf.net.sender import SessionSender
+from nf.twamp.modes import SecurityMode
+from nf.twamp.test_keys import TestSessionKeys
+from nf.twamp.test_packets import SenderPacket, TestPacketCodec, ntp_from_unix
+from nf.twamp.test_reflector import DropReason
+from nf.twamp.test_session import TestSessionParams
+
+WAIT = 30.0
+HOSTS = ["127.0.0.1", "::1"]
+
+
+def _params(
+    sender: SessionSender,
+    reflector_port: int,
+    mode: SecurityMode = SecurityMode.UNAUTHENTICATED,
+    *,
+    padding: int = 40,
+    reflect_octets: int = 0,
+    symmetric: bool = False,
+    timeout: float = 1.0,
+    dscp: int = 0,
+    sender_port: int | None = None,
+) -> TestSessionParams:
+    keys = TestSessionKeys(os.urandom(16), os.urandom(32)) if mode.test_is_protected else None
+    return TestSessionParams(
+        sid=os.urandom(16),
+        mode=mode,
+        sender_address=sender.address,
+        sender_port=sender.port if sender_port is None else sender_port,
+        reflector_address=sender.address,
+        reflector_port=reflector_port,
+        padding_length=padding,
+        start_time=time.time(),
+        timeout=timeout,
+        dscp=dscp,
+        reflect_octets=reflect_octets,
+        server_octets=b"\x5a\xa5",
+        symmetric=symmetric,
+        keys=keys,
+    )
+
+
+@pytest.fixture
+def reflector() -> Iterator[Reflector]:
+    with Reflector(ReflectorConfig(poll_interval=0.05, linger=1.0)) as r:
+        yield r
+
+
+def _wait_for(predicate: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + WAIT
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def _counters(reflector: Reflector, sid: bytes) -> SessionCounters:
+    counters = reflector.counters(sid)
+    assert counters is not None
+    return counters
+
+
+@pytest.mark.parametrize("host", HOSTS)
+@pytest.mark.parametrize("mode", list(SecurityMode))
+@pytest.mark.parametrize("feature", ["plain", "reflect-octets", "symmetrical"])
+def test_sender_against_reflector(reflector: Reflector, host: str, mode: SecurityMode, feature: str) -> None:
+    with SessionSender(host) as sender:
+        port = reflector.reserve_port(host)
+        params = _params(
+            sender,
+            port,
+            mode,
+            padding=60,
+            reflect_octets=2 if feature == "reflect-octets" else 0,
+            symmetric=feature == "symmetrical",
+        )
+        reflector.add_session(params)
+        reflector.start_session(params.sid)
+        result = sender.run(params, count=20, interval=0.002, reply_timeout=WAIT)
+    assert (result.sent, result.received, result.lost, result.duplicates) == (20, 20, 0, 0)
+    assert [r.sender_seq for r in result.records] == list(range(20))
+    assert sorted(r.reflector_seq for r in result.records if r.reflector_seq is not None) == list(range(20))
+    for record in result.records:
+        assert record.t2 is not None and record.t3 is not None and record.t4 is not None
+        assert record.t1 <= record.t2 + 0.001 and record.t2 <= record.t3 <= record.t4 + 0.001
+        assert record.turnaround is not None and record.turnaround >= 0
+        assert record.round_trip is not None and record.round_trip >= -0.001
+        assert record.sender_ttl == 255  # sent with TTL 255 and read back from the kernel on loopback
+        assert record.reflector_error is not None
+    protected = mode.test_is_protected
+    sender_size = {(False, False): 14, (False, True): 41, (True, False): 48, (True, True): 112}[
+        (protected, feature == "symmetrical")
+    ]
+    minimum = (112 if protected else 41) + params.reflect_octets  # room for the reflected octets
+    assert result.records[0].reply_length == max(sender_size + 60, minimum)
+    if feature == "reflect-octets":
+        assert {r.reflected_octets for r in result.records} == {b"\x5a\xa5"}
+    counters = _counters(reflector, params.sid)
+    assert counters.reflected == 20 and not any(counters.dropped.values())
+    assert reflector.totals().kernel_timestamps
+
+
+def _send_raw(host: str, port: int, payloads: list[bytes], bind_port: int = 0) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    sock.bind((host, bind_port))
+    sock.settimeout(0.3)
+    for payload in payloads:
+        sock.sendto(payload, (host, port))
+    return sock
+
+
+def _no_reply(sock: socket.socket) -> bool:
+    try:
+        sock.recv(2048)
+    except TimeoutError:
+        return True
+    return False
+
+
+@pytest.mark.parametrize("mode", [SecurityMode.AUTHENTICATED, SecurityMode.ENCRYPTED])
+def test_bad_hmac_is_counted_and_not_reflected(reflector: Reflector, mode: SecurityMode) -> None:
+    with SessionSender("127.0.0.1") as sender:
+        port = reflector.reserve_port("127.0.0.1")
+        params = _params(sender, port, mode)
+        reflector.add_session(params)
+        reflector.start_session(params.sid)
+        forger = TestPacketCodec(mode, TestSessionKeys(bytes(16), bytes(32)))
+        bad = [
+            forger.encode_sender(SenderPacket(i, ntp_from_unix(time.time()), 1, bytes(40))) for i in range(3)
+        ]
+        sender.close()  # frees the session's sender port for the forger
+        with _send_raw("127.0.0.1", port, [*bad, b"short"], bind_port=params.sender_port) as raw:
+            _wait_for(
+                lambda: _counters(reflector, params.sid).dropped[DropReason.BAD_HMAC] == 3, "bad-hmac count"
+            )
+            _wait_for(lambda: _counters(reflector, params.sid).dropped[DropReason.SHORT] == 1, "short count")
+            assert _no_reply(raw)
+    assert _counters(reflector, params.sid).reflected == 0
+    assert reflector.totals().dropped[DropReason.BAD_HMAC] == 3
+
+
+def test_unknown_sender_is_dropped_and_counted(reflector: Reflector) -> None:
+    with SessionSender("127.0.0.1") as sender:
+        port = reflector.reserve_port("127.0.0.1")
+        params = _params(sender, port)
+        reflector.add_session(params)
+        reflector.start_session(params.sid)
+        codec = TestPacketCodec(params.mode, None)
+        packet = codec.encode_sender(SenderPacket(0, ntp_from_unix(time.time()), 1, bytes(20)))
+        with _send_raw("127.0.0.1", port, [packet, packet]) as stranger:
+            _wait_for(
+                lambda: reflector.totals().dropped[DropReason.UNKNOWN_SENDER] == 2, "unknown-sender count"
+            )
+            assert _no_reply(stranger)
+        # The real sender is still served.
+        result = sender.run(params, count=3, interval=0.0, reply_timeout=WAIT)
+    assert result.received == 3
+
+
+def test_packets_before_start_are_dropped_as_not_started(reflector: Reflector) -> None:
+    with SessionSender("127.0.0.1") as sender:
+        params = _params(sender, reflector.reserve_port("127.0.0.1"))
+        reflector.add_session(params)
+        result = sender.run(params, count=4, interval=0.0, reply_timeout=0.5)
+        assert result.received == 0
+        _wait_for(
+            lambda: _counters(reflector, params.sid).dropped[DropReason.NOT_STARTED] == 4, "not-started"
+        )
+        reflector.start_session(params.sid)
+        assert sender.run(params, count=4, interval=0.0, reply_timeout=WAIT).received == 4
+
+
+def test_rate_limit_is_enforced_and_counted(reflector: Reflector) -> None:
+    with SessionSender("127.0.0.1") as sender:
+        params = _params(sender, reflector.reserve_port("127.0.0.1"))
+        reflector.add_session(params, max_pps=1.0)  # burst of 1 packet, then one per second
+        reflector.start_session(params.sid)
+        result = sender.run(params, count=30, interval=0.0, reply_timeout=0.5)
+    # However slow the machine, 30 back-to-back packets take far less than 20 s.
+    assert 1 <= result.received < 20
+
+    def accounted() -> bool:
+        counters = _counters(reflector, params.sid)
+        return counters.reflected + counters.dropped[DropReason.RATE_LIMITED] == 30
+
+    _wait_for(accounted, "every packet reflected or rate-limited")
+    assert _counters(reflector, params.sid).reflected == result.received
+
+
+def test_stop_keeps_reflecting_for_timeout_then_discards(reflector: Reflector) -> None:
+    ended: list[SessionCounters] = []
+    reflector.on_session_end = ended.append
+    with SessionSender("127.0.0.1") as sender:
+        params = _params(sender, reflector.reserve_port("127.0.0.1"), timeout=1.5)
+        reflector.add_session(params)
+        reflector.start_session(params.sid)
+        reflector.stop_session(params.sid)
+        # Within Timeout: still reflected (packets in flight must be, RFC 5357 s3.5).
+        assert sender.run(params, count=3, interval=0.0, reply_timeout=WAIT).received == 3
+        assert _counters(reflector, params.sid).state is SessionState.STOPPING
+        _wait_for(lambda: bool(ended), "session end after Timeout")
+        assert ended[0].end_reason is EndReason.TIMEOUT_AFTER_STOP and ended[0].reflected == 3
+        # After Timeout: not reflected, counted while the port lingers.
+        assert sender.run(params, count=2, interval=0.0, reply_timeout=0.3).received == 0
+    counters = _counters(reflector, params.sid)
+    assert counters.state is SessionState.ENDED and counters.dropped[DropReason.AFTER_STOP] == 2
+    with pytest.raises(KeyError):
+        reflector.start_session(params.sid)
+
+
+def test_refwait_discards_an_idle_session() -> None:
+    ended: list[SessionCounters] = []
+    config = ReflectorConfig(refwait=0.5, poll_interval=0.05, linger=0.2)
+    with Reflector(config, on_session_end=ended.append) as reflector, SessionSender("127.0.0.1") as sender:
+        params = _params(sender, reflector.reserve_port("127.0.0.1"))
+        reflector.add_session(params)
+        reflector.start_session(params.sid)
+        assert sender.run(params, count=2, interval=0.0, reply_timeout=WAIT).received == 2
+        _wait_for(lambda: bool(ended), "REFWAIT")
+        assert ended[0].end_reason is EndReason.REFWAIT
+        _wait_for(lambda: reflector.totals().ports == 0, "port closed after linger")
+        assert sender.run(params, count=2, interval=0.0, reply_timeout=0.3).received == 0
+        assert reflector.totals().reflected == 2
+
+
+def test_remove_session_stops_reflecting_at_once(reflector: Reflector) -> None:
+    with SessionSender("::1") as sender:
+        params = _params(sender, reflector.reserve_port("::1"))
+        reflector.add_session(params)
+        reflector.start_session(params.sid)
+        reflector.remove_session(params.sid)
+        assert sender.run(params, count=2, interval=0.0, reply_timeout=0.3).received == 0
+    assert _counters(reflector, params.sid).end_reason is EndReason.REMOVED
+
+
+def test_wildcard_sender_port_accepts_any_source_port(reflector: Reflector) -> None:
+    with SessionSender("127.0.0.1") as sender:
+        params = _params(sender, reflector.reserve_port("127.0.0.1"), sender_port=0)
+        reflector.add_session(params)
+        reflector.start_session(params.sid)
+        assert sender.run(params, count=3, interval=0.0, reply_timeout=WAIT).received == 3
+
+
+def test_reserve_port_prefers_requested_then_range_then_any() -> None:
+    from tests.conftest import free_udp_range
+
+    low, high = free_udp_range("127.0.0.1", 4)
+    with Reflector(ReflectorConfig(port_range=(low, high), poll_interval=0.05)) as reflector:
+        assert reflector.reserve_port("127.0.0.1", high) == high
+        taken = {high}
+        for _ in range(3):
+            port = reflector.reserve_port(
+                "127.0.0.1", high
+            )  # requested one is ours now: comes from the range
+            assert low <= port <= high and port not in taken
+            taken.add(port)
+        with pytest.raises(OSError):
+            reflector.reserve_port("127.0.0.1", high)  # range exhausted
+        reflector.release_port("127.0.0.1", low)
+        _wait_for(lambda: reflector.totals().ports == 3, "released port")
+    with Reflector(ReflectorConfig(poll_interval=0.05)) as reflector:
+        assert reflector.reserve_port("127.0.0.1", 0) > 0
+
+
+def test_close_joins_threads_and_closes_sockets() -> None:
+    before = {t.ident for t in threading.enumerate()}
+    reflector = Reflector(ReflectorConfig(poll_interval=0.05))
+    ports = [reflector.reserve_port("127.0.0.1") for _ in range(3)] + [reflector.reserve_port("::1")]
+    assert len({t.ident for t in threading.enumerate()} - before) == 4
+    reflector.close()
+    assert {t.ident for t in threading.enumerate() if t.is_alive()} - before == set()
+    for port in ports[:3]:  # the ports are free again
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind(("127.0.0.1", port))
+    with pytest.raises(RuntimeError):
+        reflector.reserve_port("127.0.0.1")
+
+
+def test_dscp_is_applied_per_session(reflector: Reflector) -> None:
+    """The reply leaves with the session's DSCP: checked with IP_RECVTOS on the receiving socket."""
+    with SessionSender("127.0.0.1") as sender:
+        params = _params(sender, reflector.reserve_port("127.0.0.1"), dscp=46)
+        reflector.add_session(params)
+        reflector.start_session(params.sid)
+        codec = TestPacketCodec(params.mode, None)
+        sender.close()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        with sock:
+            sock.bind(("127.0.0.1", params.sender_port))
+            sock.setsockopt(socket.IPPROTO_IP, 13, 1)  # IP_RECVTOS
+            sock.settimeout(WAIT)
+            sock.sendto(
+                codec.encode_sender(SenderPacket(0, 0, 1, bytes(30))), ("127.0.0.1", params.reflector_port)
+            )
+            _, ancdata, _, _ = sock.recvmsg(2048, 256)
+    tos = [data[0] for level, kind, data in ancdata if level == socket.IPPROTO_IP and kind == 1]
+    assert tos == [46 << 2]
