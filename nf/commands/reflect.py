@@ -187,8 +187,8 @@ async def serve(args: argparse.Namespace, config: ServerConfig, limits: Limits) 
         await stop.wait()
     finally:
         await listener.close()
+        dump()  # before reflector.close(), which releases the ports and their per-session counts
         reflector.close()
-        dump()
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
             loop.remove_signal_handler(sig)
     return 0

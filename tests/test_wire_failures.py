@@ -1,0 +1,167 @@
+"""Failures and limits, end to end: `ping` must fail cleanly with the reason in words, `reflect` must keep
+running and count the reason (read through --stats-file)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import WAIT, run_cli, split_hostport
+
+
+def _ping(target: str, *args: str) -> Any:
+    return run_cli(["ping", target, "--timeout", "20", *args])
+
+
+def _connect(address: str, source: str = "127.0.0.1") -> socket.socket:
+    host, port = split_hostport(address)
+    sock = socket.create_connection((host, port), timeout=WAIT, source_address=(source, 0))
+    return sock
+
+
+def _read_exactly(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def _wait_closed(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes (bounded by WAIT)."""
+    sock.settimeout(WAIT)
+    data = b""
+    while chunk := sock.recv(4096):
+        data += chunk
+    return data
+
+
+def test_wrong_key_fails_cleanly_on_both_sides(
+    reflector_factory: Any, pfs_keys: Path, tmp_path: Path
+) -> None:
+    reflector = reflector_factory("--keys", str(pfs_keys))
+    wrong = tmp_path / "wrong.pfs"
+    wrong.write_text("alice 99999999999999999999999999999999\n")
+    result = _ping(reflector.address, "--mode", "authenticated", "--key-id", "alice", "--keys", str(wrong))
+    assert result.returncode == 1
+    assert "wrong key or unknown key-id 'alice'" in result.stderr
+    assert "Accept=1 (failure)" in result.stderr
+    assert "99999999" not in result.stderr  # never the secret
+    # the reflector is still serving: the right key works afterwards
+    good = _ping(
+        reflector.address, "--mode", "authenticated", "--key-id", "alice", "--keys", str(pfs_keys), "--json"
+    )
+    assert good.returncode == 0, good.stderr
+    stats = reflector.final_stats()
+    assert stats["bad_input"] == {"bad-token": 1}
+    assert stats["modes"] == {"authenticated": 1}
+
+
+def test_unknown_key_id_is_refused(reflector_factory: Any, pfs_keys: Path, tmp_path: Path) -> None:
+    reflector = reflector_factory("--keys", str(pfs_keys))
+    other = tmp_path / "other.pfs"
+    other.write_text("carol 0123456789abcdef0123456789abcdef\n")
+    result = _ping(reflector.address, "--mode", "encrypted", "--key-id", "carol", "--keys", str(other))
+    assert result.returncode == 1
+    assert "rejected the authentication" in result.stderr
+    assert reflector.final_stats()["bad_input"] == {"unknown-key-id": 1}
+
+
+def test_mode_mismatch(reflector_factory: Any, pfs_keys: Path) -> None:
+    reflector = reflector_factory("--modes", "unauthenticated")
+    result = _ping(reflector.address, "--mode", "encrypted", "--key-id", "alice", "--keys", str(pfs_keys))
+    assert result.returncode == 1
+    assert "server does not offer mode encrypted" in result.stderr
+    assert reflector.final_stats()["bad_input"] == {"client-declined": 1}
+
+
+def test_feature_not_offered(reflector_factory: Any) -> None:
+    reflector = reflector_factory("--modes", "unauthenticated")
+    result = _ping(reflector.address, "--symmetric")
+    assert result.returncode == 1
+    assert "does not offer Symmetrical Size (RFC 6038)" in result.stderr
+
+
+def test_count_too_large_is_refused_by_the_client(reflector_factory: Any, pfs_keys: Path) -> None:
+    reflector = reflector_factory("--keys", str(pfs_keys), "--count-exponent", "16")
+    result = _ping(
+        reflector.address,
+        *("--mode", "authenticated", "--key-id", "alice", "--keys", str(pfs_keys)),
+        *("--max-count-exponent", "12"),
+    )
+    assert result.returncode == 1
+    assert "too many PBKDF2 iterations" in result.stderr
+    assert "65536" in result.stderr
+    assert reflector.final_stats()["bad_input"] == {"client-declined": 1}
+
+
+def test_sessions_per_connection_limit(reflector_factory: Any) -> None:
+    reflector = reflector_factory("--max-sessions", "2")
+    result = _ping(reflector.address, "--sessions", "3", "--count", "2")
+    assert result.returncode == 1
+    assert "Accept=4 (permanent resource limitation)" in result.stderr
+    stats = reflector.final_stats()
+    assert stats["bad_input"] == {"session-limit": 1}
+    assert stats["sessions"]["accepted"] == 2
+
+
+def test_packet_rate_limit(reflector_factory: Any) -> None:
+    reflector = reflector_factory("--max-pps", "20")
+    result = _ping(reflector.address, "--count", "80", "--interval", "0", "--json", "--wait", "1")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["lost"] > 0
+    stats = reflector.final_stats()
+    dropped = stats["reflector"]["dropped"]["rate-limited"]
+    assert dropped > 0
+    assert stats["reflector"]["reflected"] + dropped == 80
+
+
+def test_total_connection_limit(reflector_factory: Any) -> None:
+    reflector = reflector_factory("--max-connections", "2")
+    held = [_connect(reflector.address) for _ in range(2)]
+    try:
+        for sock in held:
+            assert len(_read_exactly(sock, 64)) == 64  # both got a Server Greeting
+        with _connect(reflector.address) as third:
+            assert _wait_closed(third) == b""  # closed at once, no greeting
+        result = _ping(reflector.address, "--count", "2")
+        assert result.returncode == 1
+        assert "server closed the control connection unexpectedly" in result.stderr
+    finally:
+        for sock in held:
+            sock.close()
+    time.sleep(0.5)  # let the server see the two closes before counting
+    stats = reflector.final_stats()
+    assert stats["connections"]["refused_too_many_connections"] == 2
+    assert stats["connections"]["accepted"] == 2
+
+
+def test_per_client_connection_limit(reflector_factory: Any) -> None:
+    reflector = reflector_factory("--max-connections-per-client", "1")
+    first = _connect(reflector.address)
+    try:
+        assert len(_read_exactly(first, 64)) == 64
+        with _connect(reflector.address) as second:
+            assert _wait_closed(second) == b""
+        with _connect(reflector.address, source="127.0.0.2") as other_client:
+            assert len(_read_exactly(other_client, 64)) == 64
+    finally:
+        first.close()
+    stats = reflector.final_stats()
+    assert stats["connections"]["refused_too_many_connections_from_client"] == 1
+    assert stats["connections"]["accepted"] == 2
+
+
+def test_servwait_closes_an_idle_control_connection(reflector_factory: Any) -> None:
+    reflector = reflector_factory("--servwait", "1")
+    with _connect(reflector.address) as sock:
+        data = _wait_closed(sock)
+    assert len(data) == 64  # the greeting, then silence from us, then the server closed
+    stats = reflector.final_stats()
+    assert stats["connections"]["servwait_timeout"] == 1
