@@ -141,7 +141,7 @@ def describe_failure(event: ConnectionFailed, config: MeasurementConfig) -> str:
     return f"control protocol error: {reason.value}: {event.detail}"
 
 
-class _Control:
+class ControlConnection:
     """The connection: a ControlClient fed from the socket; waits for one kind of event at a time."""
 
     def __init__(self, config: MeasurementConfig, rng: Callable[[int], bytes]) -> None:
@@ -229,7 +229,7 @@ async def measure(
     clock: Callable[[], float] = time.time,
 ) -> list[SessionRecords]:
     """Connect, negotiate, request config.sessions sessions, run them, stop, and return what each measured."""
-    control = _Control(config, rng)
+    control = ControlConnection(config, rng)
     senders: list[SessionSender] = []
     try:
         await control.connect()
@@ -296,7 +296,7 @@ async def _run_sender(sender: SessionSender, params: TestSessionParams, plan: Se
 
 
 async def _run_individually(
-    control: _Control,
+    control: ControlConnection,
     machine: ControlClient,
     sessions: list[tuple[SessionSender, TestSessionParams]],
     plan: SessionPlan,
