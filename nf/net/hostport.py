@@ -29,6 +29,8 @@ def parse_hostport(text: str, default_port: int | None = None) -> tuple[str, int
         host, _, port_text = text.partition(":")
     if not host:
         raise ValueError(f"{text!r}: missing host")
+    if "[" in host or "]" in host:
+        raise ValueError(f"{text!r}: stray bracket in the host")
     if not port_text:
         if default_port is None:
             raise ValueError(f"{text!r}: missing :PORT")
