@@ -1,0 +1,353 @@
+"""Our IKE endpoint against a real strongSwan charon (private instance), in both roles.
+
+For every SA the test proves that charon's logged SK_d equals ours without either key leaving its holder:
+SharedSecret(prf(SK_d_from_log, "IPPM")) is compared in constant time with our keymat's ippm_secret().
+charon is driven through swanctl in a worker thread so our asyncio endpoint keeps answering meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+from nf.ike.auth import PreSharedKey, Signer
+from nf.ike.certificates import TrustAnchors, load_certificates
+from nf.ike.counters import Reason
+from nf.ike.exchanges import Limits, PeerConfig
+from nf.ike.identities import Identity
+from nf.ike.proposals import parse_proposals
+from nf.ike.sa import Deleted, Established, Event, Failed, Rekeyed, SAState
+from nf.net.ike_endpoint import IKEEndpoint, open_ike_endpoint
+from nf.twamp.keysource import SharedSecret
+from tests.strongswan_peer import Charon, CharonError, CharonPKI, Connection, make_pki
+
+pytestmark = pytest.mark.strongswan
+
+PSK = bytes(range(7, 39))
+T = TypeVar("T")
+# (auth, swanctl proposal): every DH group (14, 19, 20, 31) and cipher suite (AES-GCM-16 128/256,
+# AES-CBC with HMAC-SHA2-256/384/512) appears at least once, and every auth method with two suites.
+MATRIX = [
+    ("psk", "aes128-sha256-modp2048"),
+    ("psk", "aes256-sha384-ecp384"),
+    ("psk", "aes256-sha512-x25519"),
+    ("psk", "aes128gcm16-prfsha256-ecp256"),
+    ("psk", "aes256gcm16-prfsha384-x25519"),
+    ("ecdsa", "aes256gcm16-prfsha384-ecp256"),
+    ("ecdsa", "aes128-sha256-x25519"),
+    ("rsa", "aes128-sha256-modp2048"),
+    ("rsa", "aes256gcm16-prfsha512-ecp384"),
+    ("ed25519", "aes128gcm16-prfsha256-x25519"),
+    ("ed25519", "aes256-sha512-ecp256"),
+]
+IDS = {
+    "psk": ("sw.test", "py.test"),
+    "ecdsa": ("sw-ec.test", "py-ec.test"),
+    "rsa": ("sw-rsa.test", "py-rsa.test"),
+    "ed25519": ("sw-ed.test", "py-ed.test"),
+}
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> CharonPKI:
+    names = {ident: kind for kind, pair in IDS.items() if kind != "psk" for ident in pair}
+    return make_pki(tmp_path_factory.mktemp("pki"), names)
+
+
+@pytest.fixture(scope="module")
+def charon() -> Iterator[Charon]:
+    with Charon("i") as instance:
+        yield instance
+
+
+def our_config(pki: CharonPKI, auth: str, proposals: str, psk: bytes = PSK) -> PeerConfig:
+    sw, py = IDS[auth]
+    if auth == "psk":
+        return PeerConfig(
+            Identity.parse(py), Identity.parse(sw), parse_proposals(proposals), psk=PreSharedKey(psk)
+        )
+    ident = pki.identity(py)
+    return PeerConfig(
+        Identity.parse(py),
+        Identity.parse(sw),
+        parse_proposals(proposals),
+        signer=Signer.from_file(str(ident.key)),
+        certificates=tuple(load_certificates(str(ident.cert))),
+        trust=TrustAnchors.from_files(str(pki.ca_cert)),
+    )
+
+
+def charon_conn(
+    charon: Charon, pki: CharonPKI, auth: str, proposals: str, our_port: int, **extra: str
+) -> None:
+    sw, py = IDS[auth]
+    conn = Connection(
+        "py",
+        charon.port,
+        our_port,
+        sw,
+        py,
+        proposals=proposals,
+        auth="psk" if auth == "psk" else "pubkey",
+        cert=None if auth == "psk" else pki.identity(sw),
+        **extra,
+    )
+    charon.load([conn], psk=PSK, pki=pki)
+
+
+async def in_thread(func: Callable[[], T]) -> T:
+    return await asyncio.to_thread(func)
+
+
+def assert_same_keys(charon: Charon, endpoint: IKEEndpoint, spis: tuple[bytes, bytes]) -> None:
+    sa = endpoint.lookup(*spis)
+    assert sa is not None and sa.state == SAState.ESTABLISHED
+    logged = charon.keys_for(spis)
+    assert SharedSecret(logged.ippm_secret_bytes()) == sa.ippm_secret()
+
+
+class Recorder:
+    def __init__(self, endpoint: IKEEndpoint) -> None:
+        self.events: list[Event] = []
+        endpoint.add_listener(self.events.append)
+
+    async def wait(self, predicate: Callable[[Event], bool], timeout: float = 60.0) -> Event:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            for event in self.events:
+                if predicate(event):
+                    return event
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"no matching event; got {self.events!r}")
+            await asyncio.sleep(0.02)
+
+
+def run(coro: Awaitable[None]) -> None:
+    async def guarded() -> None:
+        await asyncio.wait_for(coro, 110)
+
+    asyncio.run(guarded())
+
+
+@pytest.mark.parametrize(("auth", "proposals"), MATRIX)
+@pytest.mark.parametrize("we_initiate", [True, False], ids=["py-initiator", "charon-initiator"])
+def test_childless_sa_with_charon(
+    charon: Charon, pki: CharonPKI, auth: str, proposals: str, we_initiate: bool
+) -> None:
+    async def scenario() -> None:
+        config = our_config(pki, auth, proposals)
+        endpoint = await open_ike_endpoint(("127.0.0.1", 0), peers=[config])
+        recorder = Recorder(endpoint)
+        try:
+            await in_thread(lambda: charon_conn(charon, pki, auth, proposals, endpoint.local[1]))
+            event: Event
+            if we_initiate:
+                event = await endpoint.initiate(("127.0.0.1", charon.port), config)
+            else:
+                await in_thread(lambda: charon.initiate("py"))
+                event = await recorder.wait(lambda e: isinstance(e, Established | Failed))
+            assert isinstance(event, Established), event
+            assert event.initiator is we_initiate and event.peer_id == IDS[auth][0]
+            info = await in_thread(lambda: charon.wait_sa(spis=event.spis))
+            assert info.initiator is not we_initiate
+            assert_same_keys(charon, endpoint, event.spis)
+            sa = endpoint.lookup(*event.spis)
+            assert sa is not None
+            deleted = await endpoint.delete(sa)
+            assert deleted.reason == "deleted"
+            await in_thread(lambda: charon.wait_gone(event.spis))
+            assert not endpoint.engine.counters.snapshot() if endpoint.engine else False
+        finally:
+            endpoint.close()
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("rekeyer", ["py", "charon"])
+def test_rekey_then_delete_from_either_side(charon: Charon, pki: CharonPKI, rekeyer: str) -> None:
+    proposals = "aes256gcm16-prfsha384-ecp256"
+
+    async def scenario() -> None:
+        config = our_config(pki, "psk", proposals)
+        endpoint = await open_ike_endpoint(("127.0.0.1", 0), peers=[config])
+        recorder = Recorder(endpoint)
+        try:
+            await in_thread(lambda: charon_conn(charon, pki, "psk", proposals, endpoint.local[1]))
+            event = await endpoint.initiate(("127.0.0.1", charon.port), config)
+            assert isinstance(event, Established)
+            old = event.spis
+            before = endpoint.lookup(*old)
+            assert before is not None
+            old_secret = before.ippm_secret()
+            rekeyed: Event
+            if rekeyer == "py":
+                rekeyed = await endpoint.rekey(before)
+            else:
+                info = await in_thread(lambda: charon.wait_sa(spis=old))
+                await in_thread(lambda: charon.rekey(info.uniqueid))
+                rekeyed = await recorder.wait(lambda e: isinstance(e, Rekeyed | Failed))
+            assert isinstance(rekeyed, Rekeyed) and rekeyed.old_spis == old
+            new = rekeyed.new_spis
+            await recorder.wait(lambda e: isinstance(e, Deleted) and e.spis == old)
+            await in_thread(lambda: charon.wait_sa(spis=new))
+            await in_thread(lambda: charon.wait_gone(old))
+            assert endpoint.lookup(*old) is None
+            assert_same_keys(charon, endpoint, new)
+            after = endpoint.lookup(*new)
+            assert after is not None and after.ippm_secret() != old_secret
+            assert after.initiator is (rekeyer == "py")
+            # and the delete comes from the other side this time
+            if rekeyer == "py":
+                info = await in_thread(lambda: charon.wait_sa(spis=new))
+                await in_thread(lambda: charon.terminate(info.uniqueid))
+                gone = await recorder.wait(lambda e: isinstance(e, Deleted) and e.spis == new)
+                assert isinstance(gone, Deleted) and gone.reason == "deleted-by-peer"
+            else:
+                assert (await endpoint.delete(after)).reason == "deleted"
+                await in_thread(lambda: charon.wait_gone(new))
+        finally:
+            endpoint.close()
+
+    run(scenario())
+
+
+def test_liveness_both_ways(charon: Charon, pki: CharonPKI) -> None:
+    proposals = "aes128-sha256-x25519"
+
+    async def scenario() -> None:
+        config = our_config(pki, "psk", proposals)
+        endpoint = await open_ike_endpoint(("127.0.0.1", 0), peers=[config])
+        try:
+            await in_thread(
+                lambda: charon_conn(charon, pki, "psk", proposals, endpoint.local[1], dpd_delay="1s")
+            )
+            event = await endpoint.initiate(("127.0.0.1", charon.port), config)
+            assert isinstance(event, Established)
+            sa = endpoint.lookup(*event.spis)
+            assert sa is not None
+            heard = sa.last_heard
+            assert endpoint.check_liveness(sa)
+            for _ in range(3000):
+                if not sa.busy:
+                    break
+                await asyncio.sleep(0.01)
+            assert not sa.busy and sa.last_heard > heard and sa.state == SAState.ESTABLISHED
+            # charon (dpd_delay = 1s) checks on us when idle; we answer and it keeps the SA
+            start = len(charon.log_text())
+            pattern = re.compile(r"sending DPD request.*?parsed INFORMATIONAL response \d+ \[ \]", re.S)
+            for _ in range(3000):
+                if pattern.search(charon.log_text()[start:]):
+                    break
+                await asyncio.sleep(0.02)
+            assert pattern.search(charon.log_text()[start:]), "charon sent no liveness check"
+            info = await in_thread(lambda: charon.wait_sa(spis=event.spis))
+            assert info.state == "ESTABLISHED" and sa.state == SAState.ESTABLISHED
+            await endpoint.delete(sa)
+        finally:
+            endpoint.close()
+
+    run(scenario())
+
+
+def test_invalid_ke_retry_against_charon(charon: Charon, pki: CharonPKI) -> None:
+    async def scenario() -> None:
+        config = our_config(pki, "psk", "aes128-sha256-x25519-ecp256")  # our KE: x25519
+        endpoint = await open_ike_endpoint(("127.0.0.1", 0), peers=[config])
+        try:
+            await in_thread(
+                lambda: charon_conn(charon, pki, "psk", "aes128-sha256-ecp256", endpoint.local[1])
+            )
+            event = await endpoint.initiate(("127.0.0.1", charon.port), config)
+            assert isinstance(event, Established) and event.algorithms.endswith("ecp256")
+            assert_same_keys(charon, endpoint, event.spis)
+            assert "INVALID_KE_PAYLOAD" in charon.log_text() or "N(INVAL_KE)" in charon.log_text()
+            sa = endpoint.lookup(*event.spis)
+            assert sa is not None
+            await endpoint.delete(sa)
+        finally:
+            endpoint.close()
+
+    run(scenario())
+
+
+def test_charon_answers_our_cookie(charon: Charon, pki: CharonPKI) -> None:
+    proposals = "aes128gcm16-prfsha256-x25519"
+
+    async def scenario() -> None:
+        config = our_config(pki, "psk", proposals)
+        endpoint = await open_ike_endpoint(
+            ("127.0.0.1", 0), peers=[config], limits=Limits(cookie_always=True)
+        )
+        recorder = Recorder(endpoint)
+        try:
+            await in_thread(lambda: charon_conn(charon, pki, "psk", proposals, endpoint.local[1]))
+            await in_thread(lambda: charon.initiate("py"))
+            event = await recorder.wait(lambda e: isinstance(e, Established | Failed))
+            assert isinstance(event, Established)
+            assert endpoint.engine is not None and endpoint.engine.counters[Reason.COOKIE_REQUIRED] == 1
+            assert_same_keys(charon, endpoint, event.spis)
+        finally:
+            endpoint.close()
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("we_initiate", [True, False], ids=["py-initiator", "charon-initiator"])
+def test_wrong_psk_is_authentication_failed(charon: Charon, pki: CharonPKI, we_initiate: bool) -> None:
+    proposals = "aes128-sha256-modp2048"
+
+    async def scenario() -> None:
+        config = our_config(pki, "psk", proposals, psk=b"not the secret charon has")
+        endpoint = await open_ike_endpoint(("127.0.0.1", 0), peers=[config])
+        recorder = Recorder(endpoint)
+        try:
+            await in_thread(lambda: charon_conn(charon, pki, "psk", proposals, endpoint.local[1]))
+            event: Event
+            if we_initiate:
+                event = await endpoint.initiate(("127.0.0.1", charon.port), config)
+            else:
+                with pytest.raises(CharonError):
+                    await in_thread(lambda: charon.initiate("py", timeout=20))
+                event = await recorder.wait(lambda e: isinstance(e, Established | Failed))
+            assert isinstance(event, Failed) and event.reason == "authentication-failed"
+            assert endpoint.engine is not None
+            assert endpoint.engine.counters[Reason.AUTHENTICATION_FAILED] == 1
+            assert len(endpoint.engine.registry) == 0
+        finally:
+            endpoint.close()
+
+    run(scenario())
+
+
+def test_untrusted_certificate_is_authentication_failed(
+    charon: Charon, tmp_path: Path, pki: CharonPKI
+) -> None:
+    """charon's certificate chains to a CA we do not trust."""
+    other = make_pki(tmp_path / "other", {"py-ec.test": "ecdsa"})
+    proposals = "aes256gcm16-prfsha384-ecp256"
+
+    async def scenario() -> None:
+        ident = pki.identity("py-ec.test")
+        config = PeerConfig(
+            Identity.parse("py-ec.test"),
+            Identity.parse("sw-ec.test"),
+            parse_proposals(proposals),
+            signer=Signer.from_file(str(ident.key)),
+            certificates=tuple(load_certificates(str(ident.cert))),
+            trust=TrustAnchors.from_files(str(other.ca_cert)),
+        )
+        endpoint = await open_ike_endpoint(("127.0.0.1", 0), peers=[config])
+        try:
+            await in_thread(lambda: charon_conn(charon, pki, "ecdsa", proposals, endpoint.local[1]))
+            event = await endpoint.initiate(("127.0.0.1", charon.port), config)
+            assert isinstance(event, Failed) and event.reason == "authentication-failed"
+            assert "untrusted-certificate" in event.detail
+        finally:
+            endpoint.close()
+
+    run(scenario())
