@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import functools
 import os
+import pathlib
 import struct
+import subprocess
 
 import pytest
 from hypothesis import given, settings
@@ -26,15 +28,19 @@ from nf.ike.message import (
     unframe,
 )
 from nf.ike.payloads import (
+    AuthPayload,
     DeletePayload,
+    IDiPayload,
+    KEPayload,
     NoncePayload,
     NotifyPayload,
     NotifyType,
     Payload,
     PayloadType,
+    SAPayload,
     encode_payloads,
 )
-from nf.ike.proposals import CipherSuite, ProposalSpec
+from nf.ike.proposals import CipherSuite, ProposalSpec, offer
 from tests.test_ike_payloads import payloads
 
 SUITES = [
@@ -284,3 +290,172 @@ def test_non_esp_marker_only_when_neither_port_is_500() -> None:
     with pytest.raises(IKEParseError) as info:
         unframe(raw, 4500, 50500)  # an ESP packet (non-zero SPI) on a NAT-T port
     assert info.value.reason is ParseReason.NON_ESP_MARKER
+
+
+# --- independent check: Wireshark decrypts and dissects what we encode -----------------------------
+
+# Wireshark's names for ikev2_decryption_table (as strongSwan's save-keys plugin writes them).
+WIRESHARK_ENCR = {
+    "aes128": "AES-CBC-128 [RFC3602]",
+    "aes192": "AES-CBC-192 [RFC3602]",
+    "aes256": "AES-CBC-256 [RFC3602]",
+    "aes128gcm16": "AES-GCM-128 with 16 octet ICV [RFC5282]",
+    "aes256gcm16": "AES-GCM-256 with 16 octet ICV [RFC5282]",
+}
+WIRESHARK_INTEG = {
+    "sha1": "HMAC_SHA1_96 [RFC2404]",
+    "sha256": "HMAC_SHA2_256_128 [RFC4868]",
+    "sha384": "HMAC_SHA2_384_192 [RFC4868]",
+    "sha512": "HMAC_SHA2_512_256 [RFC4868]",
+}
+
+
+def _pcap(datagrams: list[bytes]) -> bytes:
+    """A classic pcap of IPv4/UDP 127.0.0.1:500 -> 127.0.0.1:500 frames (LINKTYPE_IPV4)."""
+    out = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 228)
+    for number, payload in enumerate(datagrams):
+        udp = struct.pack("!HHHH", 500, 500, 8 + len(payload), 0) + payload
+        ip = (
+            struct.pack(
+                "!BBHHHBBH4s4s",
+                0x45,
+                0,
+                20 + len(udp),
+                number,
+                0x4000,
+                64,
+                17,
+                0,
+                bytes([127, 0, 0, 1]),
+                bytes([127, 0, 0, 1]),
+            )
+            + udp
+        )
+        out += struct.pack("<IIII", 1_700_000_000 + number, 0, len(ip), len(ip)) + ip
+    return out
+
+
+def _table_row(suite: CipherSuite, keys: bytes, spi_i: bytes, spi_r: bytes) -> str:
+    d, a, e = suite.prf.size, suite.integ.key_size if suite.integ else 0, suite.encr.key_size
+    ai, ar, ei, er = (
+        keys[d : d + a],
+        keys[d + a : d + 2 * a],
+        keys[d + 2 * a : d + 2 * a + e],
+        keys[d + 2 * a + e :],
+    )
+    integ = WIRESHARK_INTEG[suite.integ.name] if suite.integ else "NONE [RFC4306]"
+    return (
+        f'{spi_i.hex()},{spi_r.hex()},{ei.hex()},{er[:e].hex()},"{WIRESHARK_ENCR[suite.encr.name]}",'
+        f'{ai.hex()},{ar.hex()},"{integ}"'
+    )
+
+
+@pytest.mark.tshark
+def test_wireshark_decrypts_and_dissects_our_messages(tmp_path: pathlib.Path) -> None:
+    suites = [
+        "aes128-sha256-x25519",
+        "aes192-sha384-ecp256",
+        "aes256-sha512-ecp384",
+        "aes128-sha1-modp2048",
+        "aes128gcm16-prfsha256-x25519",
+        "aes256gcm16-prfsha384-ecp384",
+    ]
+    datagrams: list[bytes] = []
+    rows: list[str] = []
+    inner = [
+        IDiPayload(2, b"py.example"),
+        AuthPayload(2, bytes(32)),
+        NotifyPayload(NotifyType.INITIAL_CONTACT),
+        DeletePayload(1),
+    ]
+    for index, text in enumerate([*suites, "aes128-sha256-x25519"]):
+        suite = _first_suite(text)
+        spi_i, spi_r = bytes([index + 1]) * 8, bytes([index + 0x81]) * 8
+        nonce_i, nonce_r, secret = os.urandom(32), os.urandom(32), os.urandom(32)
+        keymat = IKEKeymat.derive(
+            suite,
+            shared_secret=secret,
+            nonce_i=nonce_i,
+            nonce_r=nonce_r,
+            spi_i=spi_i,
+            spi_r=spi_r,
+            initiator=True,
+            rng=os.urandom,
+        )
+        integ_size = suite.integ.key_size if suite.integ else 0
+        sizes = 3 * suite.prf.size + 2 * integ_size + 2 * suite.encr.key_size
+        stream = suite.prf.prf_plus(
+            suite.prf.prf(nonce_i + nonce_r, secret), nonce_i + nonce_r + spi_i + spi_r, sizes
+        )
+        keys = stream[: sizes - 2 * suite.prf.size]
+        if index == len(suites):  # negative control: Wireshark gets a wrong SK_ai for the last SA
+            keys = keys[: suite.prf.size] + bytes(integ_size) + keys[suite.prf.size + integ_size :]
+        rows.append(_table_row(suite, keys, spi_i, spi_r))
+        init_msg = plain(
+            spi_i,
+            bytes(8),
+            34,
+            0,
+            is_response=False,
+            from_initiator=True,
+            payloads=[
+                SAPayload(offer([ProposalSpec.parse(text)])),
+                KEPayload(suite.dh.transform_id, bytes(suite.dh.public_size)),
+                NoncePayload(nonce_i),
+                NotifyPayload(NotifyType.SIGNATURE_HASH_ALGORITHMS, bytes.fromhex("0002 0003 0004")),
+            ],
+        )
+        datagrams.append(encode_message(init_msg))
+        auth_msg = protected(spi_i, spi_r, 35, 1, is_response=False, from_initiator=True, payloads=inner)
+        datagrams.append(encode_message(auth_msg, keymat))
+    (tmp_path / "wireshark").mkdir()
+    (tmp_path / "wireshark" / "ikev2_decryption_table").write_text("\n".join(rows) + "\n")
+    (tmp_path / "ike.pcap").write_bytes(_pcap(datagrams))
+    fields = [
+        "frame.number",
+        "isakmp.exchangetype",
+        "isakmp.nextpayload",
+        "isakmp.notify.msgtype",
+        "isakmp.id.type",
+        "isakmp.id.data.fqdn",
+        "isakmp.auth.method",
+        "isakmp.tf.id.encr",
+        "isakmp.ike2.attr.key_length",
+        "_ws.malformed",
+        "_ws.expert.message",
+    ]
+    result = subprocess.run(
+        [
+            "tshark",
+            "-r",
+            str(tmp_path / "ike.pcap"),
+            "-T",
+            "fields",
+            "-E",
+            "occurrence=a",
+            "-E",
+            "separator=|",
+            *(arg for f in fields for arg in ("-e", f)),
+        ],
+        env={**os.environ, "XDG_CONFIG_HOME": str(tmp_path), "HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2 * len(suites) + 2
+    for index, text in enumerate(suites):
+        spec = ProposalSpec.parse(text)
+        init = dict(zip(fields, lines[2 * index].split("|"), strict=True))
+        assert init["isakmp.exchangetype"] == "34" and init["isakmp.notify.msgtype"] == "16431"
+        assert init["isakmp.tf.id.encr"] == str(spec.encrs[0].transform_id)
+        assert init["isakmp.ike2.attr.key_length"] == str(spec.encrs[0].key_bits)
+        auth = dict(zip(fields, lines[2 * index + 1].split("|"), strict=True))
+        assert auth["isakmp.nextpayload"] == "46,35,39,41,42,0", text  # SK, then the decrypted inner chain
+        assert (auth["isakmp.id.type"], auth["isakmp.id.data.fqdn"]) == ("2", "py.example")
+        assert auth["isakmp.auth.method"] == "2" and auth["isakmp.notify.msgtype"] == "16384"
+        assert not init["_ws.malformed"] and not auth["_ws.malformed"], text
+        assert not init["_ws.expert.message"] and not auth["_ws.expert.message"], text
+    control = dict(zip(fields, lines[-1].split("|"), strict=True))
+    assert "Integrity Checksum Data is incorrect" in control["_ws.expert.message"]
