@@ -19,7 +19,12 @@ from typing import Any
 import pytest
 from pyang import context, repository  # type: ignore[import-untyped]
 
+from nf.ike.counters import Reason
+from nf.net.limits import Limits, Refusal
+from nf.net.sender import ReplyDrop
+from nf.twamp.control_events import ControlFailure
 from nf.twamp.modes import Accept, Modes, SecurityMode
+from nf.twamp.test_reflector import DropReason
 
 ROOT = Path(__file__).resolve().parent.parent
 YANG = ROOT / "yang"
@@ -284,6 +289,59 @@ def test_accept_values_match_the_runtime_accept(schema: dict[str, Any]) -> None:
     enums = {e.arg: int(e.search_one("value").arg) for e in typedef.search_one("type").search("enum")}
     assert enums == {name: int(value) for name, value in ACCEPT_NAMES.items()}
     assert set(ACCEPT_NAMES.values()) == set(Accept)
+
+
+def identities(module: Any) -> dict[str, str | None]:
+    """Identity name -> its base's local name (None for a root)."""
+    found = {}
+    for stmt in module.search("identity"):
+        base = stmt.search_one("base")
+        found[stmt.arg] = None if base is None else base.arg.split(":")[-1]
+    return found
+
+
+def runtime_reasons() -> dict[str, tuple[str, str, list[str]]]:
+    """Every counter reason the runtime has, as (module, identity base, identity names) per source enum."""
+
+    def named(prefix: str, members: Any) -> list[str]:
+        return [prefix + str(m.value).replace("_", "-") for m in members]
+
+    return {
+        "ControlFailure": ("twamp-nf-twamp", "control-error", named("control-", ControlFailure)),
+        "Refusal": ("twamp-nf-twamp", "control-error", named("control-", Refusal)),
+        "DropReason": ("twamp-nf-twamp", "reflector-drop", named("reflector-", DropReason)),
+        "ReplyDrop": ("twamp-nf-twamp", "sender-drop", named("sender-", ReplyDrop)),
+        "ike Reason": ("twamp-nf-ike", "error-reason", named("", Reason)),
+    }
+
+
+def test_every_runtime_counter_reason_has_an_identity(schema: dict[str, Any]) -> None:
+    """error-counter entries are keyed by identity; a runtime reason without one could not be reported."""
+    for source, (module, base, names) in runtime_reasons().items():
+        known = identities(schema[module])
+        for name in names:
+            assert name in known, f"{source}: add identity {name} (base {base}) to yang/{module}.yang"
+            assert known[name] == base, f"{name} should derive from {base}"
+
+
+def test_limit_defaults_match_the_runtime_limits(schema: dict[str, Any]) -> None:
+    nodes = dict(schema_nodes(schema["twamp-nf-twamp"]))
+
+    def default(path: str) -> str | None:
+        stmt = nodes[path].search_one("default")
+        return None if stmt is None else str(stmt.arg)
+
+    runtime = Limits()
+    assert default("/twamp/server/limits/max-ctrl-connections") == str(runtime.max_connections)
+    assert default("/twamp/server/limits/max-ctrl-connections-per-client") == str(
+        runtime.max_connections_per_client
+    )
+    assert default("/twamp/server/limits/max-test-sessions-per-connection") == str(
+        runtime.max_sessions_per_connection
+    )
+    assert default("/twamp/session-reflector/limits/max-packet-rate") is None and runtime.max_pps is None
+    assert float(default("/twamp/server/servwait") or "nan") == runtime.servwait
+    assert float(default("/twamp/session-reflector/refwait") or "nan") == runtime.refwait
 
 
 def test_secrets_are_default_deny_all_and_nothing_else_looks_secret(schema: dict[str, Any]) -> None:
