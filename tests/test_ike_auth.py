@@ -278,6 +278,9 @@ def test_unknown_algorithm_identifier_and_method(keys: Keys) -> None:
     with pytest.raises(AuthenticationError) as info:
         verify_signature(keys.ec256.public_key(), AuthPayload(9, bytes(10)), b"octets")
     assert info.value.reason is AuthReason.BAD_AUTH_DATA
+    with pytest.raises(AuthenticationError) as info:
+        verify_signature(keys.ec256.public_key(), AuthPayload(14, b""), b"octets")
+    assert info.value.reason is AuthReason.BAD_AUTH_DATA
 
 
 def test_signature_hash_algorithms_notify_data() -> None:

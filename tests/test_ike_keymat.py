@@ -49,7 +49,7 @@ def test_prf_plus_stops_after_255_blocks() -> None:
         prf.prf_plus(b"k", b"s", 255 * 32 + 1)
 
 
-# --- IKEv2 KDF worked vector (libreswan CAVS helper, PRF-HMAC-SHA1; ikev2-interop.md s8.1) --------
+# --- IKEv2 KDF worked vector (libreswan's NSS CAVS helper comment, PRF-HMAC-SHA1; interop.md s8.1) ------
 
 GIR = bytes.fromhex("4b2c1f971981a8ad8d0abeafabf38cf75fc8349c148142465ed9c8b516b8be52")
 GIR_NEW = bytes.fromhex("863f3c9d06efd39d2b907b97f8699e5dd5251ef64a2a176f36ee40c87d4f9330")
@@ -62,8 +62,16 @@ DKM = bytes.fromhex(
     "8af1670b143d384bd275c5f594cf266b05ebadca855e4249520a441a81157435a7a56cc4"
 )
 SKEYSEED_REKEY = bytes.fromhex("63e81194946ebd05df7df5ebf5d8750056bf1f1d")
-DKM_CHILD_PREFIX = bytes.fromhex("8059e3ee8810e6c3a91bc8bcd2a7a41151b8d0e6")
-DKM_CHILD_DH_PREFIX = bytes.fromhex("bb43244c1860ad65ee1e211ffe8bb3661750c8f8")
+DKM_CHILD = bytes.fromhex(
+    "8059e3ee8810e6c3a91bc8bcd2a7a41151b8d0e6ae239c7b38093ad85ef4c5811a8e7b5d1cdabd9560b2d5e092d1f24e"
+    "2d4b85eccdf0ad0dc9abd94b51ee71814ca6dbc8bb51b6309f5b9545c7eb35cf5580b1e521a8fe20754a2d883ba0c2cf"
+    "285f524aea6545b33106bc03e614296d319d41d4b50b3f510b1c0a22f3e664994d234cb4"
+)
+DKM_CHILD_DH = bytes.fromhex(
+    "bb43244c1860ad65ee1e211ffe8bb3661750c8f89cb9f547df7f4fa61d37301628190e38c66232eab4b3ab14c400a519"
+    "7dd3730ed4820a8a10394d51e1c0400052f63ebd36b0e7ef53aaed31eba4a5080d7d4b5666023a8bbb5ffb7857240f9a"
+    "05884d1b7d2f933708450b7b3288f1fc863ab49fa901227cffc06e27899c7054d56fd74c"
+)
 
 # AES-CBC-128 / HMAC-SHA1-96 / PRF-HMAC-SHA1 splits those 132 octets exactly: d ai ar ei er pi pr.
 SHA1_SUITE = CipherSuite(
@@ -104,8 +112,8 @@ def test_kdf_vector_skeyseed_and_child_dkm() -> None:
     prf = PRFS[PrfId.HMAC_SHA1]
     assert prf.prf(NI + NR, GIR) == SKEYSEED
     assert prf.prf_plus(SKEYSEED, NI + NR + SPII + SPIR, 132) == DKM
-    assert prf.prf_plus(SK_D, NI + NR, 132)[:20] == DKM_CHILD_PREFIX
-    assert prf.prf_plus(SK_D, GIR_NEW + NI + NR, 132)[:20] == DKM_CHILD_DH_PREFIX
+    assert prf.prf_plus(SK_D, NI + NR, 132) == DKM_CHILD
+    assert prf.prf_plus(SK_D, GIR_NEW + NI + NR, 132) == DKM_CHILD_DH
     assert prf.prf(SK_D, GIR_NEW + NI + NR) == SKEYSEED_REKEY
 
 

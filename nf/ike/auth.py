@@ -320,13 +320,19 @@ class Signer:
 
     def _sign(self, scheme: SignatureScheme, octets: bytes) -> bytes:
         key = self._key
-        hash_alg = scheme.hash
         if isinstance(key, ed25519.Ed25519PrivateKey):
             return key.sign(octets)
-        assert hash_alg is not None  # every non-Ed25519 scheme names a hash
+        hash_alg = _hash_of(scheme)
         if isinstance(key, ec.EllipticCurvePrivateKey):
             return key.sign(octets, ec.ECDSA(hash_alg))  # DER (r, s), as RFC 7427 wants
         return key.sign(octets, _rsa_padding(scheme), hash_alg)
+
+
+def _hash_of(scheme: SignatureScheme) -> hashes.HashAlgorithm:
+    hash_alg = scheme.hash
+    if hash_alg is None:
+        raise AuthenticationError(AuthReason.UNSUPPORTED_METHOD, f"{scheme.name} has no hash for this key")
+    return hash_alg
 
 
 def _rsa_padding(scheme: SignatureScheme) -> padding.AsymmetricPadding:
@@ -349,6 +355,8 @@ def _verify(public_key: PublicKey, auth: AuthPayload, octets: bytes, our_hashes:
     kind = _key_kind(public_key)
     method, data = auth.method, auth.data
     if method == AuthMethod.DIGITAL_SIGNATURE:
+        if not data:
+            raise AuthenticationError(AuthReason.BAD_AUTH_DATA, "empty RFC 7427 authentication data")
         length = data[0]
         scheme = scheme_for_identifier(data[1 : 1 + length])
         if scheme is None:
@@ -361,11 +369,9 @@ def _verify(public_key: PublicKey, auth: AuthPayload, octets: bytes, our_hashes:
         if isinstance(public_key, ed25519.Ed25519PublicKey):
             public_key.verify(signature, octets)
         elif isinstance(public_key, ec.EllipticCurvePublicKey):
-            assert scheme.hash is not None
-            public_key.verify(signature, octets, ec.ECDSA(scheme.hash))
+            public_key.verify(signature, octets, ec.ECDSA(_hash_of(scheme)))
         else:
-            assert scheme.hash is not None
-            public_key.verify(signature, octets, _rsa_padding(scheme), scheme.hash)
+            public_key.verify(signature, octets, _rsa_padding(scheme), _hash_of(scheme))
         return
     if method == AuthMethod.RSA_SIGNATURE:
         if not isinstance(public_key, rsa.RSAPublicKey):
