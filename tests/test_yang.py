@@ -20,6 +20,7 @@ import pytest
 from pyang import context, repository  # type: ignore[import-untyped]
 
 from nf.ike.counters import Reason
+from nf.ike.transforms import ENCRS, DhId, EncrId, IntegId, PrfId
 from nf.net.limits import Limits, Refusal
 from nf.net.sender import ReplyDrop
 from nf.twamp.control_events import ControlFailure
@@ -342,6 +343,33 @@ def test_limit_defaults_match_the_runtime_limits(schema: dict[str, Any]) -> None
     assert default("/twamp/session-reflector/limits/max-packet-rate") is None and runtime.max_pps is None
     assert float(default("/twamp/server/servwait") or "nan") == runtime.servwait
     assert float(default("/twamp/session-reflector/refwait") or "nan") == runtime.refwait
+
+
+def enum_values(module: Any, typedef: str) -> dict[str, int | None]:
+    type_stmt = module.search_one("typedef", typedef).search_one("type")
+    return {
+        e.arg: None if e.search_one("value") is None else int(e.search_one("value").arg)
+        for e in type_stmt.search("enum")
+    }
+
+
+def runtime_name(yang_name: str) -> str:
+    return yang_name.upper().replace("-", "_")
+
+
+def test_ike_algorithms_are_the_runtime_transforms(schema: dict[str, Any]) -> None:
+    """Each configurable transform exists in nf.ike.transforms with its IANA ID; only SHA-1 is held back."""
+    ike = schema["twamp-nf-ike"]
+    for typedef, runtime in (("integrity-algorithm", IntegId), ("prf-algorithm", PrfId), ("dh-group", DhId)):
+        values = enum_values(ike, typedef)
+        assert {runtime_name(n): v for n, v in values.items()} == {
+            m.name: int(m) for m in runtime if m.name not in ("NONE", "HMAC_SHA1", "HMAC_SHA1_96")
+        }, typedef
+    encryption = set()
+    for name in enum_values(ike, "encryption-algorithm"):
+        algorithm, bits = name.rsplit("-", 1)
+        encryption.add((int(EncrId[runtime_name(algorithm)]), int(bits)))
+    assert encryption == set(ENCRS)
 
 
 def test_secrets_are_default_deny_all_and_nothing_else_looks_secret(schema: dict[str, Any]) -> None:
