@@ -20,6 +20,7 @@ import pytest
 from pyang import context, repository  # type: ignore[import-untyped]
 
 from nf.ike.counters import Reason
+from nf.ike.identities import IDType
 from nf.ike.transforms import ENCRS, DhId, EncrId, IntegId, PrfId
 from nf.net.limits import Limits, Refusal
 from nf.net.sender import ReplyDrop
@@ -370,6 +371,13 @@ def test_ike_algorithms_are_the_runtime_transforms(schema: dict[str, Any]) -> No
         algorithm, bits = name.rsplit("-", 1)
         encryption.add((int(EncrId[runtime_name(algorithm)]), int(bits)))
     assert encryption == set(ENCRS)
+
+
+def test_ike_identity_types_are_the_runtime_id_types(schema: dict[str, Any]) -> None:
+    values = enum_values(schema["twamp-nf-ike"], "identity-type")
+    assert values
+    for name, value in values.items():
+        assert value == int(IDType[runtime_name(name)]), name
 
 
 def test_secrets_are_default_deny_all_and_nothing_else_looks_secret(schema: dict[str, Any]) -> None:
