@@ -239,6 +239,14 @@ def test_hash_negotiation(keys: Keys) -> None:
     with pytest.raises(AuthenticationError) as info:
         Signer(keys.ed).auth_payload(b"o", [HashAlgorithm.SHA2_256])
     assert info.value.reason is AuthReason.HASH_NOT_NEGOTIATED
+    # RSASSA-PSS with SHA-512: strongSwan's test_signature_params.c build vector.
+    pss_auth = Signer(keys.rsa2048, rsa_pss=True).auth_payload(b"o", [HashAlgorithm.SHA2_512])
+    assert pss_auth.data[:68] == bytes.fromhex(
+        "43 30 41 06 09 2a 86 48 86 f7 0d 01 01 0a 30 34 a0 0f 30 0d 06 09 60 86 48 01 65 03 04 02 03"
+        " 05 00 a1 1c 30 1a 06 09 2a 86 48 86 f7 0d 01 01 08 30 0d 06 09 60 86 48 01 65 03 04 02 03"
+        " 05 00 a2 03 02 01 40"
+    )
+    verify_signature(keys.rsa2048.public_key(), pss_auth, b"o")
 
 
 def test_legacy_methods_when_peer_sent_no_hash_list(keys: Keys) -> None:

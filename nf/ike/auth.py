@@ -1,13 +1,13 @@
 """AUTH payload computation and verification (RFC 7296 s2.15, s3.8; RFC 7427; RFC 4754).
 
-Methods: 2 (shared key MIC), 14 (RFC 7427 Digital Signature: ECDSA-SHA2 with DER signatures,
-RSA PKCS#1 v1.5 SHA-256/384/512, RSASSA-PSS SHA-256, Ed25519) for signing and verifying, and the legacy
+Methods: 2 (shared key MIC), 14 (RFC 7427 Digital Signature: ECDSA-SHA2 with DER signatures, RSA
+PKCS#1 v1.5 SHA-256/384/512, RSASSA-PSS SHA-256/384/512, Ed25519) for signing and verifying, and the legacy
 methods 1 (RSA PKCS#1 v1.5 SHA-1) and 9/10/11 (ECDSA with fixed-size r | s) for a peer that did not
 announce SIGNATURE_HASH_ALGORITHMS (strongSwan then falls back to them, and so do we when signing).
 
 The AlgorithmIdentifier octets are DER built from cryptography's OID constants: ECDSA and Ed25519
 without parameters, RSA PKCS#1 with NULL parameters (strongSwan asn1.c asn1_algorithmIdentifier), and
-RSASSA-PSS with explicit SHA-256/MGF1-SHA-256/salt 32 parameters and no trailerField, the form
+RSASSA-PSS with explicit hash/MGF1-hash/salt = hash size parameters and no trailerField, the form
 strongSwan builds (test_signature_params.c); the RFC 7427 appendix form with an explicit default
 trailerField is accepted too. Secrets (PSK, private keys) live in PreSharedKey and Signer, which
 perform operations and never hand the secret out.
@@ -106,10 +106,24 @@ def _algorithm_identifier(oid: ObjectIdentifier, params: bytes = b"") -> bytes:
     return _der(_SEQ, _oid(oid) + params)
 
 
-_SHA256_ID = _algorithm_identifier(ObjectIdentifier("2.16.840.1.101.3.4.2.1"), _NULL)
-_MGF1_SHA256 = _algorithm_identifier(ObjectIdentifier("1.2.840.113549.1.1.8"), _SHA256_ID)
-_PSS_PARAMS = _der(0xA0, _SHA256_ID) + _der(0xA1, _MGF1_SHA256) + _der(0xA2, _der(0x02, bytes([32])))
+_MGF1 = ObjectIdentifier("1.2.840.113549.1.1.8")
 _TRAILER_1 = _der(0xA3, _der(0x02, b"\x01"))
+
+
+def _pss_identifiers(hash_oid: str, salt: int) -> tuple[bytes, bytes]:
+    """RSASSA-PSS with hash H, MGF1-H and salt = |H|: strongSwan's form, then RFC 7427's with trailerField."""
+    hash_id = _algorithm_identifier(ObjectIdentifier(hash_oid), _NULL)
+    mgf = _algorithm_identifier(_MGF1, hash_id)
+    params = _der(0xA0, hash_id) + _der(0xA1, mgf) + _der(0xA2, _der(0x02, bytes([salt])))
+    return (
+        _algorithm_identifier(SignatureAlgorithmOID.RSASSA_PSS, _der(_SEQ, params)),
+        _algorithm_identifier(SignatureAlgorithmOID.RSASSA_PSS, _der(_SEQ, params + _TRAILER_1)),
+    )
+
+
+def _pss(name: str, hash_id: int, hash_oid: str, salt: int) -> SignatureScheme:
+    plain, with_trailer = _pss_identifiers(hash_oid, salt)
+    return SignatureScheme(name, hash_id, "rsa", plain, (with_trailer,))
 
 
 @dataclass(frozen=True)
@@ -156,11 +170,9 @@ SCHEMES: tuple[SignatureScheme, ...] = (
     _pkcs1("rsa-sha256", HashAlgorithm.SHA2_256, SignatureAlgorithmOID.RSA_WITH_SHA256),
     _pkcs1("rsa-sha384", HashAlgorithm.SHA2_384, SignatureAlgorithmOID.RSA_WITH_SHA384),
     _pkcs1("rsa-sha512", HashAlgorithm.SHA2_512, SignatureAlgorithmOID.RSA_WITH_SHA512),
-    SignatureScheme(
-        "rsa-pss-sha256", HashAlgorithm.SHA2_256, "rsa",
-        _algorithm_identifier(SignatureAlgorithmOID.RSASSA_PSS, _der(_SEQ, _PSS_PARAMS)),
-        (_algorithm_identifier(SignatureAlgorithmOID.RSASSA_PSS, _der(_SEQ, _PSS_PARAMS + _TRAILER_1)),),
-    ),
+    _pss("rsa-pss-sha256", HashAlgorithm.SHA2_256, "2.16.840.1.101.3.4.2.1", 32),
+    _pss("rsa-pss-sha384", HashAlgorithm.SHA2_384, "2.16.840.1.101.3.4.2.2", 48),
+    _pss("rsa-pss-sha512", HashAlgorithm.SHA2_512, "2.16.840.1.101.3.4.2.3", 64),
     SignatureScheme(
         "ed25519", HashAlgorithm.IDENTITY, "ed25519", _algorithm_identifier(SignatureAlgorithmOID.ED25519)
     ),
@@ -294,7 +306,7 @@ class Signer:
             ec_schemes = [s for s in SCHEMES if s.key_kind == "ec"]
             candidates = sorted(ec_schemes, key=lambda s: s.hash_id != preferred)
         elif self._rsa_pss:
-            candidates = [SCHEMES_BY_NAME["rsa-pss-sha256"]]
+            candidates = [s for s in SCHEMES if s.pss]
         else:
             candidates = [s for s in SCHEMES if s.key_kind == "rsa" and not s.pss]
         for scheme in candidates:
@@ -337,7 +349,8 @@ def _hash_of(scheme: SignatureScheme) -> hashes.HashAlgorithm:
 
 def _rsa_padding(scheme: SignatureScheme) -> padding.AsymmetricPadding:
     if scheme.pss:
-        return padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32)
+        hash_alg = _hash_of(scheme)
+        return padding.PSS(mgf=padding.MGF1(hash_alg), salt_length=hash_alg.digest_size)
     return padding.PKCS1v15()
 
 
