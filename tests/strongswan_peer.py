@@ -427,6 +427,7 @@ class Charon:
     main {{
       path = {self.log}
       time_format = %T
+      time_add_ms = yes
       ike_name = yes
       flush_line = yes
       append = no
