@@ -118,11 +118,11 @@ def test_valid_examples_are_accepted(kind: str) -> None:
         result = validate(VALID_KINDS[kind], path)
         assert result.returncode == 0, f"{path.name}: {result.stderr}"
         assert result.stderr == "", f"{path.name}: {result.stderr}"
-        if kind == "config":
-            assert libyang_binding_verdict(path) in (None, ""), path.name
+        if kind in ("config", "state"):
+            assert libyang_binding_verdict(path, with_state=kind == "state") in (None, ""), path.name
 
 
-def libyang_binding_verdict(path: Path) -> str | None:
+def libyang_binding_verdict(path: Path, with_state: bool = False) -> str | None:
     """The NETCONF server validates with the libyang Python binding; when it is installed it must agree.
 
     Returns None when the binding is absent, "" when the document is valid, else the error text.
@@ -135,7 +135,11 @@ def libyang_binding_verdict(path: Path) -> str | None:
         for name in MODULES:
             ctx.load_module(name).feature_enable_all()
         tree = ctx.parse_data_mem(
-            path.read_text(encoding="utf-8"), "xml", no_state=True, strict=True, validate_present=True
+            path.read_text(encoding="utf-8"),
+            "xml",
+            no_state=not with_state,
+            strict=True,
+            validate_present=True,
         )
         if tree is not None:
             tree.free()
