@@ -14,6 +14,8 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nf.twamp.control_client import NO_FEATURES, ClientConfig, ControlClient, SessionRequest
 from nf.twamp.control_events import (
@@ -274,6 +276,41 @@ def test_byte_by_byte_delivery() -> None:
     assert params.keys is not None
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(1, 200), min_size=1, max_size=40), st.sampled_from(SECURITY))
+def test_any_segmentation_gives_the_same_session(cuts: list[int], security: Modes) -> None:
+    """Record a whole session's octets per direction, then replay them into fresh machines cut anywhere."""
+    reference = Pair(server_config(), client_config(security, features=ALL_FEATURES))
+    setup(reference)
+    req = SessionRequest(sender_port=1, reflector_port=2, start_time=START, timeout=1.0, octets_to_reflect=2)
+    expected = request(reference, req, port=9000, server_octets=5)
+    reference.client.start_n([expected.sid])
+    reference.pump()
+    reference.server.ack_start_n()
+    reference.pump()
+    client_octets = b"".join(reference.to_server)
+
+    replay = ControlServer(
+        server_config(), rng=seeded(1), start_time=START, local_address="127.0.0.2", peer_address="127.0.0.1"
+    )
+    replay.data_to_send()
+    seen: list[Any] = []
+    position, index = 0, 0
+    while position < len(client_octets):
+        size = cuts[index % len(cuts)]
+        index += 1
+        replay.receive_data(client_octets[position : position + size])
+        position += size
+        while (event := replay.next_event()) is not None:
+            seen.append(event)
+            if isinstance(event, SessionRequested):
+                same_but_keys(replay.accept_session(9000, now=START + 1, server_octets=5), expected)
+            elif isinstance(event, StartNRequested):
+                replay.ack_start_n()
+    assert [type(e) for e in seen] == [SetupCompleted, SessionRequested, StartNRequested]
+    assert replay.running == {expected.sid}
+
+
 def test_preference_chain_picks_first_offered_and_only_offered_features() -> None:
     server = server_config(modes=Modes.UNAUTHENTICATED | Modes.AUTHENTICATED | Modes.REFLECT_OCTETS)
     client = client_config(Modes.ENCRYPTED, Modes.AUTHENTICATED, Modes.UNAUTHENTICATED, features=ALL_FEATURES)
@@ -379,6 +416,27 @@ def test_ikev2_derived_mode() -> None:
     response = SetupResponse.decode(pair.to_server[0][:164])
     assert response.mode == 130 and response.key_id == SPIS + bytes(64)
     assert request(pair, SessionRequest(sender_port=1, reflector_port=2, start_time=START, timeout=1), 3).keys
+
+
+class BrokenKeySource:
+    def secret_for(self, key_id: bytes) -> SharedSecret | None:
+        raise ConnectionRefusedError("IKE daemon socket is gone")
+
+
+def test_failing_key_source_gets_accept_2() -> None:
+    server = server_config(
+        modes=Modes.AUTHENTICATED | Modes.IKEV2_DERIVED, ikev2_key_source=BrokenKeySource()
+    )
+    client = client_config(
+        Modes.AUTHENTICATED | Modes.IKEV2_DERIVED, ikev2_key_id=SPIS, ikev2_key_source=SpiTable({SPIS: b"x"})
+    )
+    server_events, client_events = Pair(server, client).take()
+    assert [(e.reason, e.accept) for e in server_events] == [
+        (ControlFailure.KEY_SOURCE_ERROR, Accept.INTERNAL_ERROR)
+    ]
+    assert [(e.reason, e.accept) for e in client_events] == [
+        (ControlFailure.SERVER_REFUSED, Accept.INTERNAL_ERROR)
+    ]
 
 
 def test_ikev2_unknown_key_id_gets_accept_6() -> None:

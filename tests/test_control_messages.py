@@ -208,6 +208,10 @@ def test_nonzero_mbz_is_rejected_and_can_be_relaxed() -> None:
     assert _reason(exc) is ControlFailure.NONZERO_MBZ
     assert ServerGreeting.decode(bytes(greeting), strict_mbz=False).count == 1024
 
+    greeting[60] = 0
+    greeting[:12] = b"\xff" * 12  # "Unused", not MBZ: ignored even when strict
+    assert ServerGreeting.decode(bytes(greeting)).count == 1024
+
     start = bytearray(ServerStart(Accept.OK, bytes(16), 0).encode())
     start[44] = 0xFF
     with pytest.raises(MalformedMessage) as exc:

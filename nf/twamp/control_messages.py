@@ -52,19 +52,25 @@ CLIENT_COMMANDS = frozenset(
 
 
 class _Layout:
-    """An ordered table of (name, struct format) fields; fields named 'mbz*' must be zero octets."""
+    """An ordered table of (name, struct format) fields.
+
+    Fields named 'mbz*' are sent as zeros and must be zero on receipt (unless strict_mbz is off); fields
+    named 'unused*' are sent as zeros and ignored on receipt (the RFC does not require them to be zero).
+    """
 
     def __init__(self, *fields: tuple[str, str]) -> None:
         self.names = tuple(name for name, _ in fields)
         self._blank = {
-            name: (b"" if fmt.endswith("s") else 0) for name, fmt in fields if name.startswith("mbz")
+            name: (b"" if fmt.endswith("s") else 0)
+            for name, fmt in fields
+            if name.startswith(("mbz", "unused"))
         }
         self.struct = struct.Struct("!" + "".join(fmt for _, fmt in fields))
         self.size = self.struct.size
 
     def pack(self, **values: Any) -> bytes:
         return self.struct.pack(
-            *(self._blank[name] if name.startswith("mbz") else values[name] for name in self.names)
+            *(self._blank[name] if name in self._blank else values[name] for name in self.names)
         )
 
     def unpack(self, data: bytes, message: str, strict_mbz: bool) -> dict[str, Any]:
@@ -74,7 +80,9 @@ class _Layout:
             )
         values = dict(zip(self.names, self.struct.unpack(data), strict=True))
         for name in self.names:
-            if name.startswith("mbz"):
+            if name.startswith("unused"):
+                del values[name]
+            elif name.startswith("mbz"):
                 value = values[name]
                 if strict_mbz and (any(value) if isinstance(value, bytes) else value):
                     raise MalformedMessage(ControlFailure.NONZERO_MBZ, f"{message}: {name} is not zero")
@@ -129,7 +137,7 @@ class ServerGreeting:
     count: int
 
     LAYOUT: ClassVar[_Layout] = _Layout(
-        ("mbz_unused", "12s"),
+        ("unused", "12s"),
         ("modes", "I"),
         ("challenge", "16s"),
         ("salt", "16s"),

@@ -350,7 +350,12 @@ class ControlServer:
         ikev2 = bool(mode & Modes.IKEV2_DERIVED)
         key_id = response.key_id[:16] if ikev2 else response.key_id.rstrip(b"\0")
         source = self._config.ikev2_key_source if ikev2 else self._config.key_source
-        secret = source.secret_for(key_id) if source is not None else None
+        try:
+            secret = source.secret_for(key_id) if source is not None else None
+        except Exception as exc:  # a plug-in boundary (e.g. an IKE daemon): its failure must not kill us
+            detail = f"key source failed: {type(exc).__name__}"
+            self._refuse(Accept.INTERNAL_ERROR, ControlFailure.KEY_SOURCE_ERROR, detail)
+            return True
         try:
             keys: ControlKeys | None = ControlKeys.open_token(
                 secret if secret is not None else _STAND_IN_SECRET,
