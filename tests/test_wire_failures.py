@@ -3,12 +3,18 @@ running and count the reason (read through --stats-file)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import socket
 import time
 from pathlib import Path
 from typing import Any
 
+from nf.net.control_connector import ControlConnection, MeasurementConfig
+from nf.twamp.control_client import SessionRequest
+from nf.twamp.control_events import SessionAccepted, SetupCompleted, StartAcked
+from nf.twamp.modes import Accept, SecurityMode
 from tests.conftest import WAIT, run_cli, split_hostport
 
 
@@ -165,3 +171,35 @@ def test_servwait_closes_an_idle_control_connection(reflector_factory: Any) -> N
     assert len(data) == 64  # the greeting, then silence from us, then the server closed
     stats = reflector.final_stats()
     assert stats["connections"]["servwait_timeout"] == 1
+
+
+def test_refwait_ends_a_session_nobody_started(reflector_factory: Any) -> None:
+    reflector = reflector_factory("--refwait", "1")
+    host, port = split_hostport(reflector.address)
+    config = MeasurementConfig(host=host, port=port, mode=SecurityMode.UNAUTHENTICATED)
+
+    async def scenario() -> StartAcked:
+        control = ControlConnection(config, os.urandom)
+        await control.connect()
+        try:
+            assert control.machine is not None
+            await control.expect((SetupCompleted,), "setup")
+            control.machine.request_session(
+                SessionRequest(sender_port=40000, reflector_port=0, start_time=time.time(), timeout=1)
+            )
+            await control.expect((SessionAccepted,), "Accept-Session")
+            deadline = time.monotonic() + WAIT
+            while reflector.stats()["reflector"]["sessions"] and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)  # REFWAIT (1 s) passes with no test packet
+            control.machine.start_sessions()
+            ack = await control.expect((StartAcked,), "Start-Ack")
+            assert isinstance(ack, StartAcked)
+            return ack
+        finally:
+            await control.close()
+
+    ack = asyncio.run(scenario())
+    assert ack.accept is Accept.FAILURE
+    stats = reflector.final_stats()
+    assert stats["sessions"]["start_failed"] == 1
+    assert "started" not in stats["sessions"]

@@ -228,7 +228,7 @@ class _Connection:
             await self.writer.drain()
 
     def _handle_events(self) -> None:
-        machine, owner, reflector = self.machine, self.owner, self.owner.reflector
+        machine, owner = self.machine, self.owner
         while (event := machine.next_event()) is not None:
             if isinstance(event, SetupCompleted):
                 owner.counters.modes[event.security.value] += 1
@@ -236,15 +236,9 @@ class _Connection:
             elif isinstance(event, SessionRequested):
                 self._on_session_requested(event)
             elif isinstance(event, StartRequested):
-                for sid in event.sids:
-                    reflector.start_session(sid)
-                owner.counters.sessions["started"] += len(event.sids)
-                machine.ack_start(Accept.OK)
+                machine.ack_start(self._start(event.sids))
             elif isinstance(event, StartNRequested):
-                for sid in event.sids:
-                    reflector.start_session(sid)
-                owner.counters.sessions["started"] += len(event.sids)
-                machine.ack_start_n(Accept.OK)
+                machine.ack_start_n(self._start(event.sids))
             elif isinstance(event, StopRequested | StopNRequested):
                 self._stop(event.sids)
                 if isinstance(event, StopNRequested):
@@ -272,6 +266,18 @@ class _Connection:
         owner.reflector.add_session(params, max_pps=owner.limits.max_pps)
         self.sids.add(params.sid)
         owner.counters.sessions["accepted"] += 1
+
+    def _start(self, sids: tuple[bytes, ...]) -> Accept:
+        """Starts the sessions; one already ended (REFWAIT before Start-Sessions) makes the answer Failure."""
+        accept = Accept.OK
+        for sid in sids:
+            try:
+                self.owner.reflector.start_session(sid)
+                self.owner.counters.sessions["started"] += 1
+            except KeyError:
+                self.owner.counters.sessions["start_failed"] += 1
+                accept = Accept.FAILURE
+        return accept
 
     def _stop(self, sids: tuple[bytes, ...]) -> None:
         for sid in sids:
