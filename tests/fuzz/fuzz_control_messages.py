@@ -56,7 +56,7 @@ def fuzz_one(data: bytes) -> None:
     except ControlProtocolError:
         pass
     else:
-        expected = bytes(12) + body[12:] if parser is ServerGreeting.decode else body  # "Unused" is ignored
+        expected = bytes(12) + body[12:] if parser == ServerGreeting.decode else body  # "Unused" is ignored
         if message.encode() != expected:
             raise AssertionError(f"{type(message).__name__} does not re-encode to its input")
     if len(body) >= 16:
