@@ -7,6 +7,7 @@ once on one machine. Waits are generous and bounded; nothing asserts on speed.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import signal
@@ -253,6 +254,11 @@ def tshark(args: Sequence[str], timeout: float = 120.0) -> str:
     if result.returncode != 0:
         raise AssertionError(f"tshark {' '.join(args)} failed: {result.stderr}")
     return result.stdout
+
+
+def can_capture() -> bool:
+    """tshark is installed and we may capture on lo (root, or a dumpcap the user can run)."""
+    return shutil.which("tshark") is not None and (os.geteuid() == 0 or shutil.which("dumpcap") is not None)
 
 
 @pytest.fixture
