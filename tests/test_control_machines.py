@@ -643,17 +643,22 @@ def test_start_n_with_unknown_sid_is_refused_with_ack() -> None:
     assert server.state is ConnectionState.REQUEST
 
 
-def test_stop_with_wrong_session_count_is_ignored() -> None:
-    server = open_server()
-    server.receive_data(plain_request())
-    server.next_event()
-    server.accept_session(7000, now=START)
-    server.receive_data(StartSessions().encode())
-    assert isinstance(server.next_event(), StartRequested)
-    server.ack_start()
+def test_stop_with_wrong_session_count_fails_like_twampd() -> None:
+    def started() -> ControlServer:
+        server = open_server()
+        server.receive_data(plain_request())
+        server.next_event()
+        server.accept_session(7000, now=START)
+        server.receive_data(StartSessions().encode())
+        assert isinstance(server.next_event(), StartRequested)
+        server.ack_start()
+        return server
+
+    server = started()
     server.receive_data(StopSessions(Accept.OK, 5).encode())
     assert [(e.reason, e.accept) for e in events(server)] == [(ControlFailure.BAD_FIELD, None)]
-    assert server.state is ConnectionState.TESTING
+    assert state_of(server) is ConnectionState.CLOSED
+    server = started()
     server.receive_data(StopSessions(Accept.FAILURE, 1).encode())
     stop = events(server)
     assert len(stop) == 1 and isinstance(stop[0], StopRequested) and stop[0].accept is Accept.FAILURE

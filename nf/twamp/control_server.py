@@ -486,14 +486,11 @@ class ControlServer:
 
     def _on_stop(self, stop: StopSessions) -> None:
         if stop.number_of_sessions != len(self._sessions):
-            self._events.append(
-                RequestRejected(
-                    ControlFailure.BAD_FIELD,
-                    f"Stop-Sessions names {stop.number_of_sessions} sessions, {len(self._sessions)} exist",
-                    None,
-                )
+            # owamp's twampd (protocol.c _OWPReadStopSessions) fails the control session on this too.
+            raise MalformedMessage(
+                ControlFailure.BAD_FIELD,
+                f"Stop-Sessions names {stop.number_of_sessions} sessions, {len(self._sessions)} exist",
             )
-            return
         sids = tuple(self._sessions)
         self._sessions.clear()
         self._running.clear()
