@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -443,3 +444,58 @@ def test_mutated_datagrams_never_raise(data: st.DataObject) -> None:
     for engine, source in ((a, B), (b, A)):
         engine.receive_datagram(datagram, source, 1.0)
         engine.datagrams_to_send()
+
+
+def test_sa_limit_drops_new_ike_sa_init() -> None:
+    a, b = engines(limits=Limits(max_sas=1))
+    establish(a, b)
+    second = a.initiate(B, a.peers[0], 0.0)
+    pump(a, b)
+    assert second.state == SAState.INIT_SENT and b.counters[Reason.SA_LIMIT] == 1 and len(b.registry) == 1
+
+
+def test_unknown_critical_payload_in_ike_sa_init_is_refused_unencrypted() -> None:
+    a, b = engines()
+    a.initiate(B, a.peers[0], 0.0)
+    ((request, _),) = a.datagrams_to_send()
+    message = unframe(request, A[1], B[1])
+    first = message[16]
+    critical = GENERIC_HEADER.pack(next_payload=first, flags=0x80, length=8) + b"\0\0\0\0"
+    body = critical + message[HEADER.size :]
+    header = bytearray(message[: HEADER.size])
+    header[16] = 99
+    header[24:28] = (HEADER.size + len(body)).to_bytes(4, "big")
+    b.receive_datagram(bytes(4) + bytes(header) + body, A, 0.0)
+    ((reply, _),) = b.datagrams_to_send()
+    decoded = unframe(reply, B[1], A[1])
+    assert decode_header(decoded).is_response and decoded[
+        HEADER.size + GENERIC_HEADER.size + 2 : HEADER.size + 8
+    ] == ((1).to_bytes(2, "big"))
+    assert decoded[-1] == 99 and b.counters[Reason.UNSUPPORTED_CRITICAL_PAYLOAD] == 1 and len(b.registry) == 0
+
+
+def test_signature_by_a_key_that_is_not_the_certificates_is_authentication_failed(tmp_path: Path) -> None:
+    from nf.ike.auth import Signer
+    from nf.ike.certificates import TrustAnchors, load_certificates
+    from tests.strongswan_peer import make_pki
+
+    pki = make_pki(tmp_path, {"a.test": "ecdsa", "b.test": "ecdsa", "thief.test": "ecdsa"})
+    trust = TrustAnchors.from_files(str(pki.ca_cert))
+    proposals = parse_proposals("aes128gcm16-prfsha256-x25519")
+
+    def cert_config(local: str, remote: str, key_of: str) -> PeerConfig:
+        return PeerConfig(
+            Identity.parse(local),
+            Identity.parse(remote),
+            proposals,
+            signer=Signer.from_file(str(pki.identity(key_of).key)),
+            certificates=tuple(load_certificates(str(pki.identity(local).cert))),
+            trust=trust,
+        )
+
+    a = IKEEngine(A, os.urandom, 0.0, peers=[cert_config("a.test", "b.test", key_of="thief.test")])
+    b = IKEEngine(B, os.urandom, 0.0, peers=[cert_config("b.test", "a.test", key_of="b.test")])
+    a.initiate(B, a.peers[0], 0.0)
+    pump(a, b)
+    assert b.counters[Reason.AUTHENTICATION_FAILED] == 1
+    assert ("Failed", "authentication-failed") in reasons(a) and len(b.registry) == 0

@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 
 from nf.ike.auth import (
     SUPPORTED_HASHES,
@@ -972,9 +973,12 @@ class IKEEngine:
             verify_auth(keymat, config.psk, auth, message=peer_init, nonce=our_nonce, id_payload=id_payload)
             return
         assert config.trust is not None
-        certs = certificates_from_payloads(message.all(CertPayload))
-        public_key = check_peer_certificate(config.trust, certs, peer_id, now=self._wall_clock())
-        verify_auth(keymat, public_key, auth, message=peer_init, nonce=our_nonce, id_payload=id_payload)
+        try:
+            certs = certificates_from_payloads(message.all(CertPayload))
+            public_key = check_peer_certificate(config.trust, certs, peer_id, now=self._wall_clock())
+            verify_auth(keymat, public_key, auth, message=peer_init, nonce=our_nonce, id_payload=id_payload)
+        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:  # odd keys/certificates the peer sent
+            raise AuthenticationError(AuthReason.BAD_CERTIFICATE, type(exc).__name__) from None
 
     def _established(self, sa: IKESA, peer_id: Identity, now: float) -> None:
         sa.state = SAState.ESTABLISHED
