@@ -432,6 +432,19 @@ def test_docs_carry_the_current_tree_of_each_module() -> None:
         assert trees[name] == result.stdout, f"docs/yang.md tree of {name} is stale: regenerate it"
 
 
+def test_lint_includes_yangcli_whose_parser_is_stricter(tmp_path: Path) -> None:
+    """pyang and libyang accept a decimal64 range without spaces around "..", yangcli does not."""
+    copy = tmp_path / "yang"
+    shutil.copytree(YANG, copy)
+    module = copy / "twamp-nf-twamp.yang"
+    text = module.read_text(encoding="utf-8")
+    assert '"0.000001 .. 3600"' in text
+    module.write_text(text.replace('"0.000001 .. 3600"', '"0.000001..3600"'), encoding="utf-8")
+    result = run_check("yangcli", check_script=copy / "check")
+    assert result.returncode != 0
+    assert "yangcli cannot load the modules" in result.stderr
+
+
 def test_ci_check_fails_on_a_broken_example(tmp_path: Path) -> None:
     """yang/check is the CI gate: it must fail, not just print, when an example misbehaves."""
     copy = tmp_path / "yang"
@@ -439,7 +452,7 @@ def test_ci_check_fails_on_a_broken_example(tmp_path: Path) -> None:
     shutil.copy(copy / "examples" / "invalid" / "bad-mode-combination.xml", copy / "examples" / "config")
     relaxed = copy / "examples" / "invalid" / "count-out-of-range.xml"
     relaxed.write_text(relaxed.read_text(encoding="utf-8").replace("<count>512", "<count>2048"), "utf-8")
-    result = run_check(check_script=copy / "check")
+    result = run_check("examples", check_script=copy / "check")
     assert result.returncode != 0
     assert "valid example rejected" in result.stderr and "bad-mode-combination.xml" in result.stderr
     assert "invalid example accepted" in result.stderr and "count-out-of-range.xml" in result.stderr
