@@ -6,6 +6,8 @@ TCP connection; test_control_wire.py repeats the flow over real loopback sockets
 
 from __future__ import annotations
 
+import hashlib
+import hmac as std_hmac
 import ipaddress
 import os
 import random
@@ -14,6 +16,8 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from cryptography.hazmat.primitives.ciphers import modes as cipher_modes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -92,6 +96,7 @@ class Pair:
         self.server_events: list[Any] = []
         self.client_events: list[Any] = []
         self.to_server: list[bytes] = []
+        self.to_client: list[bytes] = []
 
     def _deliver(self, data: bytes, receive: Callable[[bytes], None]) -> None:
         step = self.chunk or len(data) or 1
@@ -103,6 +108,8 @@ class Pair:
             down, up = self.server.data_to_send(), self.client.data_to_send()
             if not down and not up:
                 break
+            if down:
+                self.to_client.append(down)
             self._deliver(down, self.client.receive_data)
             if up:
                 self.to_server.append(up)
@@ -695,3 +702,42 @@ def test_config_validation() -> None:
         ClientConfig(mode_preference=(Modes.ENCRYPTED,))  # no key
     with pytest.raises(ValueError):
         ClientConfig(mode_preference=(Modes.UNAUTHENTICATED,), features=Modes.IKEV2_DERIVED)
+
+
+def test_encrypted_transcript_decodes_with_independent_crypto() -> None:
+    """Decrypt both directions of a real exchange with hashlib/cryptography alone, following RFC 4656 s3.1."""
+
+    def cbc_decrypt(key: bytes, iv: bytes, data: bytes) -> bytes:
+        dec = Cipher(algorithms.AES(key), cipher_modes.CBC(iv)).decryptor()
+        return dec.update(data) + dec.finalize()
+
+    def mac(key: bytes, data: bytes) -> bytes:
+        return std_hmac.new(key, data, hashlib.sha1).digest()[:16]
+
+    pair = Pair(server_config(), client_config(Modes.ENCRYPTED))
+    setup(pair)
+    request(pair, SessionRequest(sender_port=5000, reflector_port=6000, start_time=START, timeout=2.0), 7000)
+    up, server_octets = b"".join(pair.to_server), b"".join(pair.to_client)
+
+    greeting = ServerGreeting.decode(server_octets[:64])
+    setup_response = SetupResponse.decode(up[:164])
+    kek = hashlib.pbkdf2_hmac("sha1", SECRET, greeting.salt, greeting.count, 16)
+    token = cbc_decrypt(kek, bytes(16), setup_response.token)
+    assert token[:16] == greeting.challenge
+    aes_key, hmac_key = token[16:32], token[32:64]
+
+    client_stream = cbc_decrypt(aes_key, setup_response.client_iv, up[164:])
+    assert len(client_stream) == 112
+    assert client_stream[0] == Command.REQUEST_TW_SESSION
+    assert client_stream[96:] == mac(hmac_key, client_stream[:96])
+    sent = RequestTwSession.decode(client_stream)
+    assert (sent.sender_port, sent.receiver_port) == (5000, 6000)
+
+    server_start = server_octets[64:112]
+    assert server_start[15] == Accept.OK
+    server_stream = cbc_decrypt(aes_key, server_start[16:32], server_octets[96:])
+    start_block, accept_session = server_stream[:16], server_stream[16:64]
+    assert start_block == unix_to_ntp(START).to_bytes(8, "big") + bytes(8)
+    # owamp: Server-Start's encrypted block is covered by the first HMAC the server sends.
+    assert accept_session[32:] == mac(hmac_key, start_block + accept_session[:32])
+    assert accept_session[0] == Accept.OK and int.from_bytes(accept_session[2:4], "big") == 7000
