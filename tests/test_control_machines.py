@@ -462,6 +462,20 @@ def test_ikev2_unknown_key_id_gets_accept_6() -> None:
     assert [(e.reason, e.accept) for e in client_events] == [(ControlFailure.UNKNOWN_SA, Accept.UNKNOWN_SA)]
 
 
+def test_ikev2_preference_falls_back_when_not_offered() -> None:
+    """RFC 7717 s5.2: against a server without bit 7 the client behaves as a plain RFC 5357 client."""
+    client = client_config(
+        Modes.ENCRYPTED | Modes.IKEV2_DERIVED,
+        Modes.ENCRYPTED,
+        ikev2_key_id=SPIS,
+        ikev2_key_source=SpiTable({SPIS: b"ike secret"}),
+    )
+    pair = Pair(server_config(), client)
+    server_setup, client_setup = setup(pair)
+    assert server_setup.mode == client_setup.mode == Modes.ENCRYPTED
+    assert server_setup.key_id == b"alice"
+
+
 def test_ikev2_bit_with_unauthenticated_is_plain_unauthenticated() -> None:
     server = server_config(modes=Modes.UNAUTHENTICATED | Modes.IKEV2_DERIVED, ikev2_key_source=SpiTable({}))
     pair = Pair(server, client_config(Modes.UNAUTHENTICATED | Modes.IKEV2_DERIVED))
