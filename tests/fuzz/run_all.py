@@ -11,6 +11,7 @@ import importlib
 import pkgutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -21,16 +22,40 @@ def targets() -> list[str]:
 
 
 def run_one(name: str, seconds: int) -> int:
-    """Each target in its own process so a crash or hang in one is reported and bounded."""
-    cmd = [sys.executable, "-m", "tests.fuzz.run_all", "--child", name, "--seconds", str(seconds)]
+    """Each target in its own process so a crash or hang in one is reported and bounded.
+
+    libFuzzer's progress lines are kept out of the CI log; a failure prints the tail, which holds the
+    Python traceback and the crashing input (also saved under the artifact directory).
+    """
+    artifacts = Path(tempfile.gettempdir()) / "twamp-nf-fuzz" / name
+    artifacts.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "tests.fuzz.run_all",
+        "--child",
+        name,
+        "--seconds",
+        str(seconds),
+        "--artifacts",
+        str(artifacts),
+    ]
     try:
-        return subprocess.run(cmd, timeout=seconds + 60, check=False).returncode
+        done = subprocess.run(cmd, timeout=seconds + 60, check=False, capture_output=True, text=True)
     except subprocess.TimeoutExpired:
         print(f"fuzz {name}: hung past {seconds + 60}s", file=sys.stderr)
         return 1
+    lines = [line for line in done.stderr.splitlines() if not line.startswith("INFO: Instrumenting")]
+    if done.returncode != 0:
+        print(f"fuzz {name}: FAILED (exit {done.returncode}), artifacts in {artifacts}", file=sys.stderr)
+        print("\n".join(lines[-40:]), file=sys.stderr)
+    else:
+        runs = next((line for line in reversed(lines) if line.startswith("Done ")), "done")
+        print(f"fuzz {name}: ok ({runs})")
+    return done.returncode
 
 
-def child(name: str, seconds: int) -> None:
+def child(name: str, seconds: int, artifacts: str) -> None:
     try:
         import atheris
     except ImportError:
@@ -39,7 +64,13 @@ def child(name: str, seconds: int) -> None:
         with atheris.instrument_imports():
             module = importlib.import_module(f"tests.fuzz.{name}")
         corpus = HERE / "corpus" / name
-        args = [sys.argv[0], f"-max_total_time={seconds}", "-rss_limit_mb=2048", "-print_final_stats=0"]
+        args = [
+            sys.argv[0],
+            f"-max_total_time={seconds}",
+            "-rss_limit_mb=2048",
+            "-print_final_stats=0",
+            f"-artifact_prefix={artifacts}/",
+        ]
         if corpus.is_dir():
             args.append(str(corpus))
         atheris.Setup(args, module.fuzz_one)
@@ -58,9 +89,10 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--child")
+    parser.add_argument("--artifacts", default=tempfile.gettempdir())
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.seconds)
+        child(args.child, args.seconds, args.artifacts)
         return 0
     failed = [name for name in targets() if run_one(name, args.seconds) != 0]
     print(f"fuzz: {len(targets()) - len(failed)} passed, {len(failed)} failed")
