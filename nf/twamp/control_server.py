@@ -221,12 +221,14 @@ class ControlServer:
         """Answer the pending SessionRequested with Accept=0 and the reflector port the adapter reserved.
 
         `server_octets` is the RFC 6038 value returned in Accept-Session (used with Reflect Octets).
+        Like every answer method, this raises RuntimeError when nothing of its kind is pending, e.g. because
+        the connection failed meanwhile: check `state` after an await.
         """
+        if not 0 < port < 65536 or not 0 <= server_octets < 65536:
+            raise ValueError("port must be 1..65535 and server_octets 0..65535")
         pending = self._take_pending(Command.REQUEST_TW_SESSION)
         request = pending.request
         assert request is not None and self._security is not None
-        if not 0 < port < 65536 or not 0 <= server_octets < 65536:
-            raise ValueError("port must be 1..65535 and server_octets 0..65535")
         reflector = self._resolve(request.receiver_address, self._local)
         sender = self._resolve(request.sender_address, self._peer)
         sid = self._make_sid(reflector, now)
