@@ -446,6 +446,16 @@ def test_failing_key_source_gets_accept_2() -> None:
     ]
 
 
+def test_failing_key_source_on_the_client_declines() -> None:
+    client = client_config(
+        Modes.AUTHENTICATED | Modes.IKEV2_DERIVED, ikev2_key_id=SPIS, ikev2_key_source=BrokenKeySource()
+    )
+    server = server_config(modes=Modes.AUTHENTICATED | Modes.IKEV2_DERIVED, ikev2_key_source=SpiTable({}))
+    server_events, client_events = Pair(server, client).take()
+    assert [e.reason for e in client_events] == [ControlFailure.KEY_SOURCE_ERROR]
+    assert [e.reason for e in server_events] == [ControlFailure.CLIENT_DECLINED]
+
+
 def test_ikev2_unknown_key_id_gets_accept_6() -> None:
     server = server_config(
         modes=Modes.ENCRYPTED | Modes.IKEV2_DERIVED, ikev2_key_source=SpiTable({SPIS: b"known sa secret"})

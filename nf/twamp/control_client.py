@@ -358,7 +358,11 @@ class ControlClient:
         else:
             key_id, source = self._config.key_id, self._config.key_source
         assert key_id is not None and source is not None  # ClientConfig checked the chain
-        secret: SharedSecret | None = source.secret_for(key_id)
+        try:
+            secret: SharedSecret | None = source.secret_for(key_id)
+        except Exception as exc:  # a plug-in boundary (e.g. an IKE daemon): its failure must not kill us
+            detail = f"key source failed: {type(exc).__name__}"
+            return self._decline(NegotiationError(ControlFailure.KEY_SOURCE_ERROR, detail))
         if secret is None:
             return self._decline(NegotiationError(ControlFailure.UNKNOWN_KEY_ID, "no secret for our Key ID"))
         keys = ControlKeys.generate(self._rng)

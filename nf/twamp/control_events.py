@@ -35,7 +35,7 @@ class ControlFailure(enum.Enum):
     COUNT_TOO_LARGE = "count-too-large"  # client: Greeting Count above 2^max-count-exponent
     UNKNOWN_KEY_ID = "unknown-key-id"  # server: the KeySource knows no secret for the Key ID
     UNKNOWN_SA = "unknown-sa"  # server: IKEv2-derived mode and no IKE SA for SPIi|SPIr (RFC 7717)
-    KEY_SOURCE_ERROR = "key-source-error"  # server: the KeySource itself failed (answered Accept=2)
+    KEY_SOURCE_ERROR = "key-source-error"  # the KeySource itself failed (server answers Accept=2)
     BAD_TOKEN = "bad-token"  # server: decrypted Token does not start with our Challenge
     BAD_HMAC = "bad-hmac"  # either side: a message HMAC did not verify
     SERVER_REFUSED = "server-refused"  # client: Server-Start Accept != 0
