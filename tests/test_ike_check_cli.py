@@ -186,3 +186,28 @@ def test_timeout_and_bad_arguments(tmp_path: Path) -> None:
         ]
     )
     assert result.returncode == 2 and "md5" in result.stderr
+
+
+def test_without_local_binds_the_route_source_address(charon: Charon, pki: CharonPKI, tmp_path: Path) -> None:
+    _load(charon, pki, free_udp_port())  # charon as responder matches by address and IDs, not our port
+    result = run_cli(
+        [
+            "ike-check",
+            "--peer",
+            f"127.0.0.1:{charon.port}",
+            "--local-id",
+            "cli.test",
+            "--remote-id",
+            "sw.test",
+            "--psk-file",
+            str(_psk_file(tmp_path, PSK)),
+            "--proposal",
+            "aes128-sha256-x25519",
+            "--json",
+        ]
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["local"].startswith("127.0.0.1:") and report["deleted"] is True
+    # charon saw our NAT-D hashes match, so it did not think we were behind a NAT
+    assert "remote host is behind NAT" not in charon.log_text()

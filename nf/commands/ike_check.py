@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import socket
 import sys
 from typing import Any
 
@@ -101,10 +102,18 @@ def _config(args: argparse.Namespace) -> PeerConfig:
         raise UsageError(str(exc)) from None
 
 
+def _source_address(peer: tuple[str, int]) -> str:
+    """The address the kernel would send to `peer` from: binding it (not a wildcard) keeps our NAT-D
+    notifies truthful, so the peer does not mistake us for a host behind a NAT."""
+    family = socket.AF_INET6 if ":" in peer[0] else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        probe.connect(peer)  # UDP connect sends nothing: it only chooses the route
+        return str(probe.getsockname()[0])
+
+
 async def _check(args: argparse.Namespace, config: PeerConfig) -> dict[str, Any]:
     peer = parse_hostport(args.peer, IKE_PORT)
-    default_local = "[::]:0" if ":" in peer[0] else "0.0.0.0:0"
-    local = parse_hostport(args.local or default_local, 0)
+    local = parse_hostport(args.local, 0) if args.local else (_source_address(peer), 0)
     endpoint = await open_ike_endpoint(local, peers=[config])
     try:
         event = await endpoint.initiate(peer, config, timeout=args.timeout)

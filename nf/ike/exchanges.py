@@ -376,9 +376,16 @@ class IKEEngine:
         self._emit(self._framed(encode_message(message), remote), remote)
 
     def _init_notifies(self, spi_i: bytes, spi_r: bytes, remote: Address) -> list[Payload]:
+        """NAT-D (s2.23) when we know our own address: bound to a wildcard we do not, and a wrong source
+        hash would make the peer believe we are behind a NAT (strongSwan then floats to its NAT-T port)."""
+        notifies: list[Payload] = []
+        if not ipaddress.ip_address(self.local[0]).is_unspecified:
+            notifies += [
+                NotifyPayload(NotifyType.NAT_DETECTION_SOURCE_IP, _nat_hash(spi_i, spi_r, self.local)),
+                NotifyPayload(NotifyType.NAT_DETECTION_DESTINATION_IP, _nat_hash(spi_i, spi_r, remote)),
+            ]
         return [
-            NotifyPayload(NotifyType.NAT_DETECTION_SOURCE_IP, _nat_hash(spi_i, spi_r, self.local)),
-            NotifyPayload(NotifyType.NAT_DETECTION_DESTINATION_IP, _nat_hash(spi_i, spi_r, remote)),
+            *notifies,
             NotifyPayload(NotifyType.SIGNATURE_HASH_ALGORITHMS, encode_hash_algorithms(SUPPORTED_HASHES)),
             NotifyPayload(NotifyType.CHILDLESS_IKEV2_SUPPORTED),
         ]
@@ -1022,8 +1029,6 @@ class IKEEngine:
                 reason = "rekeyed" if _ctx(sa).successor is not None else "deleted"
                 self._remove(sa, SAState.DELETED)
                 self._events.append(Deleted(sa.spis, reason))
-            elif sa.state == SAState.FAILED:
-                pass
         else:
             self._count(Reason.WRONG_EXCHANGE, f"{spis_text(sa.spis)} response to exchange {header.exchange}")
 
