@@ -37,7 +37,6 @@ PLUGINS = (
 )
 CRED_DIRS = ("x509", "x509ca", "x509ocsp", "x509aa", "x509ac", "x509crl", "pubkey", "private", "rsa", "ecdsa",
              "bliss", "pkcs8", "pkcs12")
-KEY_TYPES = ("ecdsa", "rsa", "ed25519")
 
 _HDR = re.compile(r"\[IKE\] <(?:[^|>]+\|)?(\d+)> (.+?) => (\d+) bytes @ 0x[0-9a-f]+$")
 _ROW = re.compile(r"\[IKE\] <[^>]+>\s+\d+: ((?:[0-9A-F]{2} ){1,16})")
@@ -56,9 +55,11 @@ def free_udp_port(host: str = "127.0.0.1") -> int:
         return int(probe.getsockname()[1])
 
 
-def charon_supports_ed25519() -> bool:
-    """Debian's openssl plugin provides Ed25519 when linked against OpenSSL >= 1.1.1 (bookworm: 3.0)."""
-    return Path("/usr/lib/ipsec/plugins/libstrongswan-openssl.so").exists()
+def _udp_port_bound(port: int) -> bool:
+    """Whether some IPv4 UDP socket is bound to `port` (charon binds 0.0.0.0:port)."""
+    with open("/proc/net/udp", encoding="ascii") as table:
+        rows = table.read().splitlines()[1:]
+    return any(row.split()[1].rsplit(":", 1)[1] == f"{port:04X}" for row in rows)
 
 
 # --------------------------------------------------------------------------------------------- credentials
@@ -452,6 +453,18 @@ swanctl {{
         )
 
     def start(self, timeout: float = 30.0) -> None:
+        """Start charon; if another process took our port in the meantime, retry on a fresh one."""
+        for attempt in range(5):
+            try:
+                self._start_once(timeout)
+                return
+            except CharonError:
+                self._terminate()
+                if attempt == 4 or _udp_port_bound(self.port):
+                    raise
+                self.port = free_udp_port()
+
+    def _start_once(self, timeout: float) -> None:
         self._write_conf()
         for sub in CRED_DIRS:
             (self.swanctl_dir / sub).mkdir(parents=True, exist_ok=True)
@@ -468,11 +481,11 @@ swanctl {{
         finally:
             stdout.close()
         deadline = time.monotonic() + timeout
-        while not self.vici.exists():
+        while not self.vici.exists() or not _udp_port_bound(self.port):
             if self._proc.poll() is not None:
                 raise CharonError(f"{self!r} exited at start: {self.output()}")
             if time.monotonic() > deadline:
-                raise CharonError(f"{self!r} did not open its VICI socket in {timeout}s: {self.output()}")
+                raise CharonError(f"{self!r} did not open its sockets in {timeout}s: {self.output()}")
             time.sleep(0.02)
 
     def output(self) -> str:
@@ -484,6 +497,10 @@ swanctl {{
 
     def stop(self) -> None:
         """SIGTERM (a clean shutdown closes sockets and their bypass policies), SIGKILL if it hangs."""
+        self._terminate()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _terminate(self) -> None:
         proc, self._proc = self._proc, None
         if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -492,7 +509,8 @@ swanctl {{
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=15)
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if self.vici.exists():
+            self.vici.unlink()
 
     @property
     def running(self) -> bool:
