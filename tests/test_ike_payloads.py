@@ -324,3 +324,59 @@ def test_reply_that_we_did_not_offer_is_rejected() -> None:
         with pytest.raises(ProposalError) as info:
             check_reply(ours, reply)
         assert info.value.reason is ProposalReason.BAD_REPLY
+
+
+# --- properties of proposal strings and selection ----------------------------------------------------
+
+_ENCR_WORDS = ["aes128", "aes192", "aes256"]
+_AEAD_WORDS = ["aes128gcm16", "aes192gcm16", "aes256gcm16"]
+_INTEG_WORDS = ["sha1", "sha256", "sha384", "sha512"]
+_PRF_WORDS = ["prfsha1", "prfsha256", "prfsha384", "prfsha512"]
+_DH_WORDS = ["modp2048", "ecp256", "ecp384", "x25519"]
+
+
+def _some(words: list[str]) -> st.SearchStrategy[list[str]]:
+    return st.lists(st.sampled_from(words), min_size=1, max_size=len(words), unique=True)
+
+
+proposal_texts = st.one_of(
+    st.tuples(_some(_ENCR_WORDS), _some(_INTEG_WORDS), _some(_PRF_WORDS), _some(_DH_WORDS)),
+    st.tuples(_some(_AEAD_WORDS), st.just([]), _some(_PRF_WORDS), _some(_DH_WORDS)),
+).map(lambda parts: "-".join(word for group in parts for word in group))
+
+
+@given(proposal_texts)
+def test_proposal_string_round_trip(text: str) -> None:
+    spec = ProposalSpec.parse(text)
+    assert ProposalSpec.parse(spec.name) == spec
+    (proposal,) = offer([spec])
+    first, data = encode_payloads([SAPayload((proposal,))])
+    assert decode_payloads(first, data) == [SAPayload((proposal,))]
+
+
+@given(st.lists(proposal_texts, min_size=1, max_size=3), st.lists(proposal_texts, min_size=1, max_size=3))
+def test_selection_picks_something_both_sides_allow(ours_text: list[str], theirs_text: list[str]) -> None:
+    ours = parse_proposals(",".join(ours_text))
+    theirs = offer(parse_proposals(",".join(theirs_text)))
+    try:
+        reply, suite = select_proposal(ours, theirs)
+    except ProposalError as exc:
+        assert exc.reason is ProposalReason.NO_PROPOSAL_CHOSEN
+        return
+    assert check_reply(theirs, reply) == suite  # the initiator accepts what the responder picked
+    assert any(
+        suite.encr in spec.encrs
+        and suite.prf in spec.prfs
+        and suite.dh in spec.dh_groups
+        and (suite.integ in spec.integs if suite.integ else not spec.integs)
+        for spec in ours
+    )
+
+
+def test_duplicate_proposal_numbers_from_a_peer_do_not_confuse_the_reply_check() -> None:
+    ours = parse_proposals("aes128gcm16-prfsha256-x25519")
+    other = offer(parse_proposals("aes256-sha512-modp2048"))[0]
+    wanted = offer(ours)[0]
+    theirs = [other, Proposal(1, ProtocolId.IKE, b"", wanted.transforms)]  # both numbered 1
+    reply, suite = select_proposal(ours, theirs)
+    assert check_reply(theirs, reply) == suite

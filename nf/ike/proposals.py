@@ -311,10 +311,10 @@ def select_proposal(
 
 def check_reply(offered: Sequence[Proposal], reply: Proposal) -> CipherSuite:
     """Initiator check (RFC 7296 s3.3.6): the reply is one of our proposals narrowed to one transform each."""
-    mine = [p for p in offered if p.number == reply.number]
-    if not mine or reply.protocol != mine[0].protocol:
+    mine = [p for p in offered if p.number == reply.number and p.protocol == reply.protocol]
+    if not mine:
         raise ProposalError(ProposalReason.BAD_REPLY, f"reply names proposal {reply.number} we did not offer")
-    if any(t not in mine[0].transforms for t in reply.transforms):
+    if not any(all(t in p.transforms for t in reply.transforms) for p in mine):
         raise ProposalError(ProposalReason.BAD_REPLY, "reply carries a transform we did not offer")
     suite = CipherSuite.from_proposal(reply)
     types = {t.transform_type for t in reply.transforms}

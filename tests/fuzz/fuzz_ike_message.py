@@ -1,7 +1,8 @@
 """Fuzz target for the IKE message parser: plain decoding, and SK decryption with a fixed keymat.
 
 The parser's documented error is IKEParseError; anything else escaping is a finding. Inputs that start
-with a fixed, valid SK-protected header also exercise the keymat's integrity/padding checks.
+with a fixed, valid SK-protected header also exercise the keymat's integrity/padding checks. Every SA
+payload that decodes is also run through proposal selection, whose documented error is ProposalError.
 """
 
 from __future__ import annotations
@@ -9,11 +10,11 @@ from __future__ import annotations
 import contextlib
 import os
 
-from nf.ike.errors import IKEParseError
+from nf.ike.errors import IKEParseError, ProposalError
 from nf.ike.keymat import IKEKeymat
 from nf.ike.message import decode_header, decode_message, encode_message, unframe
-from nf.ike.payloads import decode_payloads
-from nf.ike.proposals import CipherSuite, ProposalSpec
+from nf.ike.payloads import SAPayload, decode_payloads
+from nf.ike.proposals import CipherSuite, ProposalSpec, check_reply, parse_proposals, select_proposal
 
 _SPEC_CBC = ProposalSpec.parse("aes128-sha256-x25519")
 _SPEC_GCM = ProposalSpec.parse("aes128gcm16-prfsha256-x25519")
@@ -36,6 +37,17 @@ def _keymat(spec: ProposalSpec) -> IKEKeymat:
 
 
 _KEYMATS = (_keymat(_SPEC_CBC), _keymat(_SPEC_GCM))
+_POLICY = parse_proposals("aes256gcm16-prfsha384-ecp384-x25519, aes128-aes256-sha256-sha1-modp2048-ecp256")
+
+
+def _negotiate(sa: SAPayload) -> None:
+    """Selection on hostile offers: a reply, if any, must pass the initiator's own check."""
+    try:
+        reply, suite = select_proposal(_POLICY, sa.proposals, ke_group=31)
+    except ProposalError:
+        return
+    if check_reply(sa.proposals, reply) != suite:
+        raise AssertionError("selected proposal fails the initiator's reply check")
 
 
 def fuzz_one(data: bytes) -> None:
@@ -46,6 +58,8 @@ def fuzz_one(data: bytes) -> None:
             message = decode_message(data, keymat)
         except IKEParseError:
             continue
+        for sa in message.all(SAPayload):
+            _negotiate(sa)
         if not message.encrypted:
             # Whatever decodes must encode back to something that decodes the same way.
             again = decode_message(encode_message(message))
