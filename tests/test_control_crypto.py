@@ -135,7 +135,7 @@ def test_tampering_or_missing_carry_fails_hmac() -> None:
         inbound.verify(message)
 
 
-@settings(max_examples=50)
+@settings(deadline=None, max_examples=50)
 @given(st.lists(st.integers(1, 6), min_size=1, max_size=8), st.binary(min_size=1, max_size=200))
 def test_stream_survives_any_chunking(blocks: list[int], cuts: bytes) -> None:
     keys = ControlKeys(AES_KEY, HMAC_KEY)
