@@ -269,3 +269,15 @@ def test_bad_test_packets_are_dropped_and_counted(reflector_factory: Any, pfs_ke
         sender.close()
         stranger.close()
     assert reflector.final_stats()["reflector"]["reflected"] == 1
+
+
+def test_a_flood_of_bad_input_is_counted_in_full_but_logged_rate_limited(open_reflector: Reflector) -> None:
+    for _ in range(25):
+        client = RawClient(open_reflector.address)
+        _after_setup(client)
+        client.sock.sendall(_nonzero_mbz())
+        assert client.closed_by_server()
+        client.close()
+    assert open_reflector.final_stats()["bad_input"] == {"nonzero-mbz": 25}
+    logged = [line for line in open_reflector.err.lines if "nonzero-mbz" in line]
+    assert 1 <= len(logged) <= 3, logged

@@ -155,7 +155,7 @@ class ControlListener:
 
     def count_bad_input(self, reason: str, client: str, detail: str) -> None:
         self.counters.bad_input[reason] += 1
-        self._log.warning(reason, "control connection from %s: %s", client, detail)
+        self._log.warning(reason, "control connection from %s: %s: %s", client, reason, detail)
 
     def reflector_port(self, address: str, requested: int) -> int:
         """A test port for a session: the requested one when allowed, else one of --test-ports, else any."""
@@ -198,6 +198,9 @@ class _Connection:
                 machine.receive_data(data)
                 self._handle_events()
                 await self._flush()
+        except TimeoutError:
+            owner.counters.connections["servwait_timeout"] += 1
+            owner._log.warning("servwait", "control connection from %s stopped reading: closed", self.client)
         except (ConnectionError, OSError) as exc:
             owner.count_bad_input("connection-error", self.client, str(exc))
         finally:
@@ -222,10 +225,11 @@ class _Connection:
         return False
 
     async def _flush(self) -> None:
+        """Sends what the machine produced; a client that stops reading is cut off after SERVWAIT."""
         data = self.machine.data_to_send()
         if data:
             self.writer.write(data)
-            await self.writer.drain()
+            await asyncio.wait_for(self.writer.drain(), self.owner.limits.servwait)
 
     def _handle_events(self) -> None:
         machine, owner = self.machine, self.owner
