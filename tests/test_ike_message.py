@@ -3,6 +3,7 @@ direction of keys, and the non-ESP marker framing."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import pathlib
@@ -459,3 +460,19 @@ def test_wireshark_decrypts_and_dissects_our_messages(tmp_path: pathlib.Path) ->
         assert not init["_ws.expert.message"] and not auth["_ws.expert.message"], text
     control = dict(zip(fields, lines[-1].split("|"), strict=True))
     assert "Integrity Checksum Data is incorrect" in control["_ws.expert.message"]
+
+
+# --- robustness: arbitrary octets only ever raise the documented error -----------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=600), st.sampled_from(SUITES))
+def test_random_octets_raise_only_parse_errors(data: bytes, suite: str) -> None:
+    """Random datagrams, and random SK bodies behind a valid header, fail only with IKEParseError."""
+    _, responder = keymats(suite)
+    header = struct.pack("!8s8sBBBBII", SPI_I, SPI_R, PayloadType.SK, 0x20, 37, 0x08, 3, 28 + len(data))
+    with contextlib.suppress(IKEParseError):
+        decoded = decode_message(data)
+        assert decode_message(encode_message(decoded)) == decoded  # what decodes, re-encodes the same
+    with pytest.raises(IKEParseError):
+        decode_message(header + data, responder)  # forging an ICV/tag by chance does not happen
