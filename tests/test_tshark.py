@@ -23,6 +23,7 @@ pytestmark = pytest.mark.tshark
 
 COUNT = 5
 PADDING = 24
+DSCP = 46  # EF: the sender marks its packets and the reflector its replies (Type-P, RFC 5357 s3.5)
 ALL_MODES = 127  # what `reflect --keys` offers: the four security modes and the three feature bits
 MODE_FLAG = {"unauthenticated": 1, "authenticated": 2, "encrypted": 4, "mixed": 8}
 SENDER_HEADER = {"unauthenticated": 14, "mixed": 14, "authenticated": 48, "encrypted": 48}
@@ -88,6 +89,8 @@ def test_capture_dissects_cleanly(
             "0.01",
             "--padding",
             str(PADDING),
+            "--dscp",
+            str(DSCP),
             "--json",
             *extra,
         ]
@@ -108,6 +111,7 @@ def test_capture_dissects_cleanly(
         "twamp.control.mode",
         "twamp.control.count",
         "twamp.control.padding_length",
+        "twamp.control.type-p",
     )
     greeting = [row for row in control if row["_ws.col.Info"].startswith("Server Greeting")]
     setup = [row for row in control if row["_ws.col.Info"].startswith("Setup Response")]
@@ -124,6 +128,7 @@ def test_capture_dissects_cleanly(
         requests = [row for row in control if row["_ws.col.Info"].startswith("Request Session")]
         assert len(requests) == 1
         assert int(requests[0]["twamp.control.padding_length"]) == PADDING
+        assert int(requests[0]["twamp.control.type-p"], 0) == DSCP << 24
 
     bad = fields(
         pcap,
@@ -145,6 +150,7 @@ def test_capture_dissects_cleanly(
         "udp.srcport",
         "udp.dstport",
         "udp.length",
+        "ip.dsfield.dscp",
         "twamp.test.seq_number",
         "twamp.test.sender_seq_number",
     )
@@ -154,6 +160,7 @@ def test_capture_dissects_cleanly(
     assert len(from_reflector) == COUNT
     header = (SYMMETRIC_HEADER if symmetric else SENDER_HEADER)[mode]
     assert {int(row["udp.length"]) - 8 for row in to_reflector} == {header + PADDING}
+    assert {int(row["ip.dsfield.dscp"]) for row in test} == {DSCP}
     sender_seqs = [int(row["twamp.test.seq_number"]) for row in to_reflector]
     reflected_seqs = [int(row["twamp.test.sender_seq_number"]) for row in from_reflector]
     if mode in ("unauthenticated", "mixed"):
