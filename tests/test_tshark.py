@@ -170,3 +170,46 @@ def test_capture_dissects_cleanly(
     else:  # the sequence block is encrypted on the wire in both directions
         assert sender_seqs != list(range(COUNT))
         assert len(set(sender_seqs)) == COUNT
+
+
+@pytest.mark.parametrize(("mode", "padding"), [("unauthenticated", 40), ("authenticated", 80)])
+def test_reflect_octets_come_back_on_the_wire(
+    reflector_factory: Any, capture: Any, pfs_keys: Path, mode: str, padding: int
+) -> None:
+    """RFC 6038: the first N octets of each sender packet's padding lead the reply's padding."""
+    octets = 4
+    low, high = free_udp_range()
+    reflector = reflector_factory("--keys", str(pfs_keys), "--test-ports", f"{low}-{high}")
+    cap = capture(f"udp portrange {low}-{high}")
+    result = run_cli(
+        [
+            "ping",
+            reflector.address,
+            "--mode",
+            mode,
+            "--key-id",
+            "alice",
+            "--keys",
+            str(pfs_keys),
+            "--count",
+            str(COUNT),
+            "--interval",
+            "0.01",
+            "--padding",
+            str(padding),
+            "--reflect-octets",
+            str(octets),
+            "--json",
+        ]
+    )
+    assert result.returncode == 0, result.stderr
+    pcap = cap.stop()
+    rows = fields(pcap, [], "udp", "udp.srcport", "udp.dstport", "udp.payload")
+    sent = [bytes.fromhex(r["udp.payload"]) for r in rows if low <= int(r["udp.dstport"]) <= high]
+    replies = [bytes.fromhex(r["udp.payload"]) for r in rows if low <= int(r["udp.srcport"]) <= high]
+    assert len(sent) == len(replies) == COUNT
+    sender_header, reflector_header = SENDER_HEADER[mode], SYMMETRIC_HEADER[mode]
+    leading = {packet[sender_header : sender_header + octets] for packet in sent}
+    assert len(leading) == 1  # every packet carries the same leading octets (Server Octets first)
+    for reply in replies:
+        assert reply[reflector_header : reflector_header + octets] in leading
