@@ -445,7 +445,7 @@ def test_docs_carry_the_current_tree_of_each_module() -> None:
         results = dict(zip(MODULES, pool.map(lambda name: run_check("tree", name), MODULES), strict=True))
     for name, result in results.items():
         assert result.returncode == 0, result.stderr
-        assert trees[name] == result.stdout, f"docs/yang.md tree of {name} is stale: regenerate it"
+        assert trees[name] == result.stdout, f"docs/yang.md tree of {name} is stale: run bash yang/check docs"
 
 
 def test_lint_includes_yangcli_whose_parser_is_stricter(tmp_path: Path) -> None:
