@@ -9,9 +9,10 @@ as an `EncryptedPayload` holding its raw body: nf.ike.message decrypts it with t
 
 from __future__ import annotations
 
+import abc
 import enum
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -140,17 +141,17 @@ def _bad(payload: str, detail: str) -> IKEParseError:
     return IKEParseError(ParseReason.BAD_PAYLOAD, f"{payload}: {detail}")
 
 
-class Payload:
-    """Base of every payload class: TYPE is the payload type, bodies exclude the generic header."""
+class Payload(abc.ABC):
+    """Base of every payload class: TYPE is the payload type, bodies exclude the generic header.
+
+    Decodable payloads also have a `decode_body(body)` classmethod; nf.ike.message handles SK.
+    """
 
     TYPE: ClassVar[int]
 
+    @abc.abstractmethod
     def encode_body(self) -> bytes:
-        raise TypeError("abstract")  # every concrete payload overrides this
-
-    @classmethod
-    def decode_body(cls, body: bytes) -> Payload:
-        raise TypeError("abstract")
+        """The payload after its 4-octet generic header."""
 
     @property
     def payload_type(self) -> int:
@@ -505,8 +506,8 @@ class EncryptedPayload(Payload):
         return self.body
 
 
-_DECODERS: dict[int, type[Payload]] = {
-    cls.TYPE: cls
+_DECODERS: dict[int, Callable[[bytes], Payload]] = {
+    cls.TYPE: cls.decode_body
     for cls in (
         SAPayload, KEPayload, IDiPayload, IDrPayload, CertPayload, CertReqPayload, AuthPayload,
         NoncePayload, NotifyPayload, DeletePayload, VendorIdPayload,
@@ -551,7 +552,7 @@ def decode_payloads(first: int, data: bytes, *, allow_sk: bool = True) -> list[P
             return payloads
         decoder = _DECODERS.get(kind)
         if decoder is not None:
-            payloads.append(decoder.decode_body(body))
+            payloads.append(decoder(body))
         elif kind in _OPAQUE:
             payloads.append(OpaquePayload(kind, body))
         elif header["flags"] & CRITICAL:

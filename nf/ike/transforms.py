@@ -8,6 +8,7 @@ keymat passes its keys in, so only nf.ike.keymat ever holds SK_*. Key exchanges 
 
 from __future__ import annotations
 
+import abc
 import enum
 import hmac
 import warnings
@@ -227,7 +228,7 @@ _P384_ORDER = int(
 )
 
 
-class KeyExchange:
+class KeyExchange(abc.ABC):
     """One side of a key exchange: our public value and, given the peer's, the shared secret g^ir.
 
     repr never shows the private value; the shared secret is returned once to feed the keymat.
@@ -236,11 +237,13 @@ class KeyExchange:
     group: DhGroup
 
     @property
+    @abc.abstractmethod
     def public_value(self) -> bytes:
-        raise TypeError("abstract")  # overridden by every concrete class
+        """Our KE payload data in the group's IKE encoding."""
 
+    @abc.abstractmethod
     def shared_secret(self, peer_value: bytes) -> bytes:
-        raise TypeError("abstract")
+        """g^ir from the peer's KE data; KeyExchangeError for malformed or weak values."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(group={self.group.name})"
