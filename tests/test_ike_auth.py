@@ -203,9 +203,17 @@ def test_rfc7427_signature_each_scheme(keys: Keys, name: str) -> None:
     assert auth.method == AuthMethod.DIGITAL_SIGNATURE
     assert auth.data.startswith(bytes.fromhex(PREFIX[name]))
     verify_auth(responder, signer.public_key, auth, message=MESSAGE_I, nonce=NONCE_R, id_payload=idi)
-    with pytest.raises(AuthenticationError) as info:
-        verify_auth(responder, signer.public_key, auth, message=MESSAGE_R, nonce=NONCE_R, id_payload=idi)
-    assert info.value.reason is AuthReason.WRONG_AUTH_DATA
+    other_id = IDiPayload(IDType.DER_ASN1_DN, b"\x30\x01")
+    for message, nonce, id_payload in (
+        (MESSAGE_R, NONCE_R, idi),
+        (MESSAGE_I, NONCE_I, idi),
+        (MESSAGE_I, NONCE_R, other_id),
+    ):
+        with pytest.raises(AuthenticationError) as info:
+            verify_auth(
+                responder, signer.public_key, auth, message=message, nonce=nonce, id_payload=id_payload
+            )
+        assert info.value.reason is AuthReason.WRONG_AUTH_DATA
 
 
 @pytest.mark.parametrize(
