@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import heapq
 import ipaddress
+import itertools
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -270,6 +272,8 @@ class IKEEngine:
         self._cookies = CookieJar(rng, now, self.limits.cookie_rotate)
         self._out: deque[tuple[bytes, Address]] = deque()
         self._events: deque[Event] = deque()
+        self._timers: list[tuple[float, int, IKESA]] = []  # min-heap, lazily pruned (see next_timer)
+        self._timer_seq = itertools.count()
 
     def __repr__(self) -> str:
         return f"IKEEngine({self.local[0]}:{self.local[1]}, {self.registry!r})"
@@ -285,13 +289,27 @@ class IKEEngine:
         return self._events.popleft() if self._events else None
 
     def next_timer(self) -> float | None:
-        times = [t for sa in self.registry if (t := sa.next_timer()) is not None]
-        times += [
-            sa.created + self.limits.half_open_timeout
-            for sa in self.registry
-            if sa.state == SAState.HALF_OPEN
-        ]
-        return min(times) if times else None
+        """The earliest deadline (retransmission, give-up, half-open expiry), or None."""
+        heap = self._timers
+        while heap:
+            deadline, _, sa = heap[0]
+            if sa in self.registry and self._deadline(sa) == deadline:
+                return deadline
+            heapq.heappop(heap)  # stale: answered, re-armed or removed since
+        return None
+
+    def _deadline(self, sa: IKESA) -> float | None:
+        deadline = sa.next_timer()
+        if sa.state == SAState.HALF_OPEN:
+            expiry = sa.created + self.limits.half_open_timeout
+            deadline = expiry if deadline is None else min(deadline, expiry)
+        return deadline
+
+    def _arm(self, sa: IKESA) -> None:
+        """Index the SA's current deadline; older heap entries for it become stale and are skipped."""
+        deadline = self._deadline(sa)
+        if deadline is not None:
+            heapq.heappush(self._timers, (deadline, next(self._timer_seq), sa))
 
     def lookup(self, spi_i: bytes, spi_r: bytes) -> IKESA | None:
         """The SA whose (SPIi, SPIr) is an RFC 7717 Key ID."""
@@ -341,6 +359,7 @@ class IKEEngine:
         )
         datagram = self._framed(encode_message(message, keymat), sa.remote)
         sa.sent_request(mid, exchange, datagram, now)
+        self._arm(sa)
         self._emit(datagram, sa.remote)
 
     def _respond(self, sa: IKESA, header: Header, payloads: Sequence[Payload]) -> None:
@@ -440,6 +459,7 @@ class IKEEngine:
         datagram = self._framed(encoded, sa.remote)
         sa.next_request_id = 1
         sa.sent_request(0, ExchangeType.IKE_SA_INIT, datagram, now)
+        self._arm(sa)
         self._emit(datagram, sa.remote)
 
     def rekey(self, sa: IKESA, now: float) -> None:
@@ -482,15 +502,21 @@ class IKEEngine:
     # ============================================================== timers
 
     def handle_timer(self, now: float) -> None:
-        for sa in self.registry:
+        heap = self._timers
+        while heap and heap[0][0] <= now:
+            deadline, _, sa = heapq.heappop(heap)
+            if sa not in self.registry or self._deadline(sa) != deadline:
+                continue
             if sa.state == SAState.HALF_OPEN and now >= sa.created + self.limits.half_open_timeout:
                 self._fail(sa, Reason.HALF_OPEN_TIMEOUT)
                 continue
             due = sa.retransmit_due(now)
             if due is False:
                 self._timed_out(sa)
-            elif isinstance(due, bytes):
+                continue
+            if isinstance(due, bytes):
                 self._emit(due, sa.remote)
+            self._arm(sa)
 
     def _timed_out(self, sa: IKESA) -> None:
         if sa.state in (SAState.ESTABLISHED, SAState.DELETING, SAState.REKEYED):
@@ -735,6 +761,7 @@ class IKEEngine:
         sa.next_request_id = 0
         self.registry.add(sa)
         self.registry.remember_init(remote, header.spi_i, nonce.data, sa)
+        self._arm(sa)
         self._emit(datagram, remote)
 
     def _responder_proposals(self) -> tuple[ProposalSpec, ...]:
@@ -989,6 +1016,7 @@ class IKEEngine:
 
     def _established(self, sa: IKESA, peer_id: Identity, now: float) -> None:
         sa.state = SAState.ESTABLISHED
+        self.registry.promoted(sa)
         sa.peer_id = str(peer_id)
         sa.established_at = now
         self._events.append(Established(sa.spis, sa.algorithms, sa.peer_id, sa.initiator))

@@ -230,6 +230,7 @@ class SARegistry:
     def __init__(self) -> None:
         self._by_own_spi: dict[bytes, IKESA] = {}
         self._half_open_by_peer: dict[tuple[Address, bytes, bytes], IKESA] = {}
+        self._half_open: set[bytes] = set()  # own SPIs; counted on every IKE_SA_INIT, so kept O(1)
 
     def __repr__(self) -> str:
         return f"SARegistry(sas={len(self._by_own_spi)}, half_open={self.half_open_count})"
@@ -243,6 +244,15 @@ class SARegistry:
 
     def add(self, sa: IKESA) -> None:
         self._by_own_spi[sa.own_spi] = sa
+        if sa.state == SAState.HALF_OPEN:
+            self._half_open.add(sa.own_spi)
+
+    def promoted(self, sa: IKESA) -> None:
+        """A half-open responder SA finished IKE_AUTH."""
+        self._half_open.discard(sa.own_spi)
+
+    def __contains__(self, sa: object) -> bool:
+        return isinstance(sa, IKESA) and self._by_own_spi.get(sa.own_spi) is sa
 
     def remember_init(self, remote: Address, spi_i: bytes, nonce_i: bytes, sa: IKESA) -> None:
         """Responder: find the half-open SA again when its IKE_SA_INIT request is retransmitted."""
@@ -262,22 +272,14 @@ class SARegistry:
                 return sa
         return None
 
-    def rekey_own_spi(self, sa: IKESA, old_own: bytes) -> None:
-        """The initiator learns SPIr after IKE_SA_INIT; its own SPI key does not change."""
-        if self._by_own_spi.get(old_own) is sa:
-            self._by_own_spi[sa.own_spi] = sa
-
     def remove(self, sa: IKESA) -> None:
         if self._by_own_spi.get(sa.own_spi) is sa:
             del self._by_own_spi[sa.own_spi]
+            self._half_open.discard(sa.own_spi)
         for key, value in list(self._half_open_by_peer.items()):
             if value is sa:
                 del self._half_open_by_peer[key]
 
     @property
     def half_open_count(self) -> int:
-        return sum(1 for sa in self._by_own_spi.values() if sa.state == SAState.HALF_OPEN)
-
-    @property
-    def established_count(self) -> int:
-        return sum(1 for sa in self._by_own_spi.values() if sa.state is not SAState.HALF_OPEN)
+        return len(self._half_open)
