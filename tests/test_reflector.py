@@ -205,7 +205,7 @@ def test_stop_keeps_reflecting_for_timeout_then_discards(reflector: Reflector) -
     ended: list[SessionCounters] = []
     reflector.on_session_end = ended.append
     with SessionSender("127.0.0.1") as sender:
-        params = _params(sender, reflector.reserve_port("127.0.0.1"), timeout=1.5)
+        params = _params(sender, reflector.reserve_port("127.0.0.1"), timeout=5.0)
         reflector.add_session(params)
         reflector.start_session(params.sid)
         reflector.stop_session(params.sid)
@@ -224,7 +224,7 @@ def test_stop_keeps_reflecting_for_timeout_then_discards(reflector: Reflector) -
 
 def test_refwait_discards_an_idle_session() -> None:
     ended: list[SessionCounters] = []
-    config = ReflectorConfig(refwait=0.5, poll_interval=0.05, linger=0.2)
+    config = ReflectorConfig(refwait=2.0, poll_interval=0.05, linger=0.2)
     with Reflector(config, on_session_end=ended.append) as reflector, SessionSender("127.0.0.1") as sender:
         params = _params(sender, reflector.reserve_port("127.0.0.1"))
         reflector.add_session(params)
