@@ -7,6 +7,7 @@ a renumbered bit would silently break the management-to-runtime mapping.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 import re
@@ -27,6 +28,7 @@ from nf.net.limits import Limits, Refusal
 from nf.net.sender import ReplyDrop
 from nf.twamp.control_events import ControlFailure
 from nf.twamp.modes import Accept, Modes, SecurityMode
+from nf.twamp.results import DelayStats, Summary, VariationStats
 from nf.twamp.test_reflector import DropReason
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -397,6 +399,39 @@ def test_ike_identity_types_are_the_runtime_id_types(schema: dict[str, Any]) -> 
     assert values
     for name, value in values.items():
         assert value == int(IDType[runtime_name(name)]), name
+
+
+# nf.twamp.results.Summary field -> results node.
+SUMMARY_NODES = {
+    "sent": "sent",
+    "received": "received",
+    "lost": "lost",
+    "loss_ratio": "loss-ratio",
+    "duplicates": "duplicates",
+    "reordered": "reordered",
+    "rtt_ms": "rtt",
+    "ipdv_ms": "ipdv",
+    "forward_ms": "forward-delay",
+    "backward_ms": "backward-delay",
+    "clock_synchronized": "clocks-synchronized",
+}
+
+
+def test_results_carry_every_runtime_statistic(schema: dict[str, Any]) -> None:
+    """A statistic the runtime computes but the YANG cannot hold would be silently dropped by the mapping."""
+    nodes = dict(schema_nodes(schema["twamp-nf-twamp"]))
+    results = "/twamp/session-sender/test-session/results"
+    assert {f.name for f in dataclasses.fields(Summary)} == set(SUMMARY_NODES)
+    for node in SUMMARY_NODES.values():
+        assert f"{results}/{node}" in nodes, node
+    for stats, container in ((DelayStats, "rtt"), (VariationStats, "ipdv")):
+        for field in dataclasses.fields(stats):
+            assert f"{results}/{container}/{field.name}" in nodes, f"{container}/{field.name}"
+    notification = schema["twamp-nf-twamp"].search_one("notification", "test-session-completed")
+    in_notification = {path for path, _ in schema_nodes(notification, "")}
+    assert {path.removeprefix(results.rsplit("/", 1)[0]) for path in nodes if path.startswith(results)} == {
+        path for path in in_notification if path.startswith("/results")
+    }
 
 
 def test_secrets_are_default_deny_all_and_nothing_else_looks_secret(schema: dict[str, Any]) -> None:
