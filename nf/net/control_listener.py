@@ -35,7 +35,7 @@ from nf.twamp.control_events import (
     StopRequested,
 )
 from nf.twamp.control_server import ControlServer, ServerConfig
-from nf.twamp.modes import Accept
+from nf.twamp.modes import Accept, Modes
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,7 @@ class ControlListener:
         self._clock = clock
         self._start_time = clock()
         self._tracker = ConnectionTracker(limits)
+        self._refusing = ServerConfig(modes=Modes(0), count=config.count)
         self._servers: list[asyncio.Server] = []
         self._handlers: set[asyncio.Task[None]] = set()
         self._log = RateLimitedLog(log)
@@ -135,6 +136,7 @@ class ControlListener:
                 self._log.warning(
                     refusal.value, "refused control connection from %s: %s", client, refusal.value
                 )
+                await self._send_refusal(writer)
                 return
             self.counters.connections["accepted"] += 1
             try:
@@ -152,6 +154,21 @@ class ControlListener:
             with contextlib.suppress(OSError, asyncio.CancelledError):
                 await writer.wait_closed()
             self._handlers.discard(task)
+
+    async def _send_refusal(self, writer: asyncio.StreamWriter) -> None:
+        """A Server Greeting offering no modes: 'not willing to talk' (RFC 4656 s3.1), then close."""
+        local = writer.get_extra_info("sockname")
+        peer = writer.get_extra_info("peername")
+        machine = ControlServer(
+            self._refusing,
+            rng=self._rng,
+            start_time=self._start_time,
+            local_address=_plain(local[0]),
+            peer_address=_plain(peer[0]),
+        )
+        writer.write(machine.data_to_send())
+        with contextlib.suppress(OSError, TimeoutError):
+            await asyncio.wait_for(writer.drain(), self.limits.servwait)
 
     def count_bad_input(self, reason: str, client: str, detail: str) -> None:
         self.counters.bad_input[reason] += 1
