@@ -460,7 +460,7 @@ swanctl {{
                 return
             except CharonError:
                 self._terminate()
-                if attempt == 4 or _udp_port_bound(self.port):
+                if attempt == 4:
                     raise
                 self.port = free_udp_port()
 
@@ -487,6 +487,9 @@ swanctl {{
             if time.monotonic() > deadline:
                 raise CharonError(f"{self!r} did not open its sockets in {timeout}s: {self.output()}")
             time.sleep(0.02)
+        # socket-default loads before vici, so a failed bind is already logged once the VICI socket exists
+        if "unable to bind socket" in self.log_text():  # somebody took the port first
+            raise CharonError(f"{self!r} could not bind its port")
 
     def output(self) -> str:
         parts = []

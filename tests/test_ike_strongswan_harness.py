@@ -7,6 +7,7 @@ generation), both logs would disagree or a rekey would appear to keep its key.
 from __future__ import annotations
 
 import hmac
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -125,3 +126,13 @@ def test_key_log_parser_attributes_rekey_to_new_sa() -> None:
     first, second = parse_key_log(log)
     assert (first.uid, first.spis, first.secrets["Sk_d"]) == (3, (b"\1" * 8, b"\2" * 8), b"\xaa" * 32)
     assert (second.uid, second.spis, second.secrets["Sk_d"]) == (4, None, b"\xbb" * 32)
+
+
+def test_a_taken_port_is_detected_and_another_one_used() -> None:
+    """charon binds 0.0.0.0:port; when someone else got there first the harness must not run it deaf."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as squatter:
+        squatter.bind(("0.0.0.0", 0))
+        taken = squatter.getsockname()[1]
+        with Charon("t", port=taken) as charon:
+            assert charon.port != taken and charon.running
+            assert "unable to bind socket" not in charon.log_text()
