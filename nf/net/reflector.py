@@ -122,14 +122,15 @@ class _Session:
     last_activity: float = 0.0
     deadline: float = 0.0  # STOPPING: end of Timeout; ENDED: end of linger
     end_reason: EndReason | None = None
+    host: str = ""  # normalized sender address
+    any_host: bool = False  # the request named no sender address
     reflected: int = 0
     dropped: dict[DropReason, int] = field(default_factory=lambda: dict.fromkeys(DropReason, 0))
 
     def matches(self, host: str, port: int) -> bool:
         """Wildcard sessions: an unspecified sender address or port 0 in the request matches anything."""
         p = self.params
-        address_ok = _is_unspecified(p.sender_address) or _normal_address(p.sender_address) == host
-        return address_ok and p.sender_port in (0, port)
+        return (self.any_host or self.host == host) and p.sender_port in (0, port)
 
     def snapshot(self) -> SessionCounters:
         return SessionCounters(self.sid, self.state, self.reflected, dict(self.dropped), self.end_reason)
@@ -392,7 +393,7 @@ class Reflector:
                 return
             del self._ports[(entry.address, entry.port)]
             self._used_ports.discard(entry)
-            self._released_reflected += entry.reflected
+            self._released_reflected += entry.reflected_total()
             for reason, count in entry.dropped.items():
                 self._released_dropped[reason] += count
             entry.closing = True
@@ -422,7 +423,11 @@ class Reflector:
                 key = (_normal_address(params.sender_address), params.sender_port)
                 if key in entry.sessions:
                     raise ValueError(f"port {entry.port} already has a session for sender {key}")
-            session = _Session(params.sid, params, key, engine, bucket, last_activity=now)
+            any_host = _is_unspecified(params.sender_address)
+            host = "" if any_host else _normal_address(params.sender_address)
+            session = _Session(
+                params.sid, params, key, engine, bucket, last_activity=now, host=host, any_host=any_host
+            )
             if key is None:
                 entry.wildcards.append(session)
             else:
