@@ -21,6 +21,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.x509.oid import NameOID
+from hypothesis import given
+from hypothesis import strategies as st
 
 from nf.ike.auth import (
     SUPPORTED_HASHES,
@@ -46,7 +48,7 @@ from nf.ike.certificates import (
     load_public_key,
 )
 from nf.ike.errors import AuthenticationError, AuthReason, IKEParseError
-from nf.ike.identities import ANY, Identity, IDType
+from nf.ike.identities import ANY, Identity, IDType, dn_attributes, dn_equal, dn_text
 from nf.ike.keymat import IKEKeymat
 from nf.ike.payloads import AuthPayload, CertPayload, IDiPayload, IDrPayload
 from nf.ike.proposals import CipherSuite, ProposalSpec
@@ -572,3 +574,91 @@ def test_certificate_authentication_end_to_end(pki: Pki) -> None:
     with pytest.raises(AuthenticationError) as info:
         verify_auth(responder, rsa_key, auth, message=MESSAGE_I, nonce=NONCE_R, id_payload=idi)
     assert info.value.reason is AuthReason.KEY_MISMATCH
+
+
+# --- DER DNs: reading, comparing like strongSwan, printing -------------------------------------------
+
+
+def _der(tag: int, body: bytes) -> bytes:
+    assert len(body) < 128
+    return bytes([tag, len(body)]) + body
+
+
+def _der_dn(*attributes: tuple[str, int, bytes]) -> bytes:
+    """A DER Name with chosen string tags (0x13 PrintableString, 0x0C UTF8String), one RDN per attribute."""
+    oids = {"C": bytes.fromhex("550406"), "O": bytes.fromhex("55040a"), "CN": bytes.fromhex("550403")}
+    rdns = b"".join(
+        _der(0x31, _der(0x30, _der(0x06, oids[key]) + _der(tag, value))) for key, tag, value in attributes
+    )
+    return _der(0x30, rdns)
+
+
+DN_KEYS = ["O", "OU", "CN", "L", "ST", "DC", "SN", "GN", "UID", "SERIALNUMBER"]
+dn_values = st.text(
+    alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E, exclude_characters="\\="),
+    min_size=1,
+    max_size=20,
+)
+
+
+@given(st.lists(st.tuples(st.sampled_from(DN_KEYS), dn_values), min_size=1, max_size=6))
+def test_dn_text_round_trip(parts: list[tuple[str, str]]) -> None:
+    text = ", ".join(f"{key}={value.replace(',', chr(92) + ',')}" for key, value in parts)
+    identity = Identity.parse(text)
+    attributes = dn_attributes(identity.data)
+    assert attributes is not None
+    assert [value for _, _, value in attributes] == [value.encode() for _, value in parts]
+    assert Identity.parse(dn_text(identity.data) or "").data == identity.data
+    assert str(Identity(IDType.DER_ASN1_DN, identity.data)) == dn_text(identity.data)
+    assert dn_equal(identity.data, identity.data)
+
+
+def test_dn_comparison_follows_strongswan() -> None:
+    printable = _der_dn(("C", 0x13, b"CH"), ("O", 0x13, b"strongSwan"), ("CN", 0x13, b"moon"))
+    assert Identity.parse("C=CH, O=strongSwan, CN=moon").matches(Identity(IDType.DER_ASN1_DN, printable))
+    assert dn_equal(printable, _der_dn(("C", 0x13, b"ch"), ("O", 0x13, b"STRONGSWAN"), ("CN", 0x13, b"Moon")))
+    utf8 = _der_dn(("C", 0x13, b"CH"), ("O", 0x0C, b"strongSwan"), ("CN", 0x0C, b"moon"))
+    assert dn_equal(printable, utf8)  # string type alone does not matter
+    assert not dn_equal(
+        printable, _der_dn(("C", 0x13, b"CH"), ("O", 0x0C, b"strongswan"), ("CN", 0x0C, b"moon"))
+    )
+    assert not dn_equal(
+        printable, _der_dn(("C", 0x13, b"CH"), ("CN", 0x13, b"moon"), ("O", 0x13, b"strongSwan"))
+    )
+    assert not dn_equal(printable, _der_dn(("C", 0x13, b"CH"), ("O", 0x13, b"strongSwan")))
+    assert str(Identity(IDType.DER_ASN1_DN, printable)) == "C=CH, O=strongSwan, CN=moon"
+
+
+@pytest.mark.parametrize(
+    "der",
+    [
+        b"",
+        b"\x30",
+        b"\x31\x00",
+        _der_dn(("CN", 0x0C, b"x")) + b"\x00",
+        _der_dn(("CN", 0x0C, b"x"))[:-1],
+        bytes.fromhex("30 07 31 05 30 03 06 01 55"),  # attribute without a value
+        bytes.fromhex("30 09 31 07 30 05 02 01 01 0c 00"),  # INTEGER where the OID belongs
+        bytes.fromhex("30 84 00 00 00 00"),  # 4-octet length form
+    ],
+)
+def test_malformed_dns_are_refused(der: bytes) -> None:
+    assert dn_attributes(der) is None
+    assert not dn_equal(der, _der_dn(("CN", 0x0C, b"x")))
+    assert str(Identity(IDType.DER_ASN1_DN, der)) == f"asn1dn:#{der.hex()}"
+
+
+@given(st.binary(max_size=80))
+def test_dn_reader_never_raises(data: bytes) -> None:
+    dn_attributes(data)
+    dn_equal(data, data + b"\x00")
+    str(Identity(IDType.DER_ASN1_DN, data))
+
+
+def test_certificate_subject_matches_configured_dn(pki: Pki) -> None:
+    subject = pki.rsa_leaf.subject.public_bytes()
+    assert certificate_matches(pki.rsa_leaf, Identity.parse("O=twamp-nf test, CN=sw"))
+    assert certificate_matches(pki.rsa_leaf, Identity(IDType.DER_ASN1_DN, subject))
+    assert not certificate_matches(
+        pki.rsa_leaf, Identity.parse("O=twamp-nf test, CN=SW")
+    )  # UTF8: case counts

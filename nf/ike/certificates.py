@@ -21,7 +21,7 @@ from cryptography.x509 import verification
 
 from nf.ike.auth import PublicKey
 from nf.ike.errors import AuthenticationError, AuthReason
-from nf.ike.identities import Identity, IDType, parse_dn
+from nf.ike.identities import Identity, IDType, dn_equal
 from nf.ike.payloads import CertEncoding, CertPayload, CertReqPayload
 
 
@@ -136,9 +136,7 @@ def certificate_public_key(cert: x509.Certificate) -> PublicKey:
 def certificate_matches(cert: x509.Certificate, identity: Identity) -> bool:
     """Whether `identity` (as received in IDi/IDr, or configured) names this certificate."""
     if identity.id_type == IDType.DER_ASN1_DN:
-        if identity.data == cert.subject.public_bytes():
-            return True
-        return bool(identity.text) and _names_equal(identity.text, cert.subject)
+        return dn_equal(identity.data, cert.subject.public_bytes())
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
@@ -156,13 +154,6 @@ def certificate_matches(cert: x509.Certificate, identity: Identity) -> bool:
             return False
         return wanted_ip in san.get_values_for_type(x509.IPAddress)
     return False
-
-
-def _names_equal(text: str, name: x509.Name) -> bool:
-    try:
-        return parse_dn(text.removeprefix("asn1dn:")) == name
-    except AuthenticationError:
-        return False
 
 
 def check_peer_certificate(

@@ -47,6 +47,103 @@ _DN_KEYS: dict[str, x509.ObjectIdentifier] = {
     "UID": NameOID.USER_ID,
 }
 _UNESCAPED_COMMA = re.compile(r"(?<!\\),")
+_KEY_OF_OID = {oid.dotted_string: key for key, oid in reversed(list(_DN_KEYS.items()))}
+
+# DER tags met in a Name (X.501): SEQUENCE, SET, OBJECT IDENTIFIER, and the strings compared without case.
+_SEQUENCE, _SET, _OID = 0x30, 0x31, 0x06
+_PRINTABLE_STRING, _IA5_STRING = 0x13, 0x16
+_EMAIL_OID = NameOID.EMAIL_ADDRESS.dotted_string
+
+DnAttribute = tuple[str, int, bytes]  # (dotted OID, string tag, value octets)
+
+
+def _tlv(data: bytes, offset: int) -> tuple[int, bytes, int] | None:
+    """One DER element at `offset`: (tag, contents, end offset), or None if malformed or truncated."""
+    if offset + 2 > len(data) or data[offset] & 0x1F == 0x1F:
+        return None
+    tag, first, start = data[offset], data[offset + 1], offset + 2
+    if first & 0x80:
+        count = first & 0x7F
+        if not 1 <= count <= 3 or start + count > len(data):
+            return None
+        length = int.from_bytes(data[start : start + count], "big")
+        start += count
+    else:
+        length = first
+    end = start + length
+    return None if end > len(data) else (tag, data[start:end], end)
+
+
+def _oid_text(body: bytes) -> str | None:
+    if not body or body[-1] & 0x80:
+        return None
+    arcs: list[int] = []
+    value = 0
+    for octet in body:
+        value = (value << 7) | (octet & 0x7F)
+        if not octet & 0x80:
+            arcs.append(value)
+            value = 0
+    first = min(arcs[0] // 40, 2)
+    return ".".join(str(arc) for arc in (first, arcs[0] - 40 * first, *arcs[1:]))
+
+
+def dn_attributes(der: bytes) -> tuple[DnAttribute, ...] | None:
+    """Every AttributeTypeAndValue of a DER Name, in order (multi-valued RDNs flattened, as strongSwan
+    does); None when `der` is not exactly one well-formed Name."""
+    top = _tlv(der, 0)
+    if top is None or top[0] != _SEQUENCE or top[2] != len(der):
+        return None
+    found: list[DnAttribute] = []
+    rdns, offset = top[1], 0
+    while offset < len(rdns):
+        rdn = _tlv(rdns, offset)
+        if rdn is None or rdn[0] != _SET:
+            return None
+        offset, inner = rdn[2], 0
+        while inner < len(rdn[1]):
+            atv = _tlv(rdn[1], inner)
+            if atv is None or atv[0] != _SEQUENCE:
+                return None
+            inner = atv[2]
+            oid = _tlv(atv[1], 0)
+            value = _tlv(atv[1], oid[2]) if oid is not None and oid[0] == _OID else None
+            dotted = _oid_text(oid[1]) if oid is not None else None
+            if value is None or dotted is None or value[2] != len(atv[1]):
+                return None
+            found.append((dotted, value[0], value[1]))
+    return tuple(found)
+
+
+def dn_equal(a: bytes, b: bytes) -> bool:
+    """Whether two DER DNs name the same subject, compared like strongSwan's compare_dn: same attribute
+    types in the same order with equal values, ignoring case for PrintableString (and IA5 e-mail)
+    pairs, and ignoring the string type otherwise (UTF8String "moon" equals PrintableString "moon")."""
+    if a == b:
+        return True
+    left, right = dn_attributes(a), dn_attributes(b)
+    if left is None or right is None or len(left) != len(right):
+        return False
+    for (oid_a, tag_a, value_a), (oid_b, tag_b, value_b) in zip(left, right, strict=True):
+        if oid_a != oid_b or len(value_a) != len(value_b):
+            return False
+        email = tag_a == _IA5_STRING and oid_a == _EMAIL_OID
+        caseless = tag_a == tag_b and (tag_a == _PRINTABLE_STRING or email)
+        if (value_a.lower() != value_b.lower()) if caseless else (value_a != value_b):
+            return False
+    return True
+
+
+def dn_text(der: bytes) -> str | None:
+    """"C=CH, O=Org, CN=moon" for a DER DN (X.500 order, like strongSwan prints it), None if malformed."""
+    attributes = dn_attributes(der)
+    if attributes is None:
+        return None
+    parts = []
+    for dotted, _, value in attributes:
+        text = value.decode("utf-8", "backslashreplace").replace(",", "\\,")
+        parts.append(f"{_KEY_OF_OID.get(dotted, dotted)}={text}")
+    return ", ".join(parts)
 
 
 def parse_dn(text: str) -> x509.Name:
@@ -132,6 +229,8 @@ class Identity:
             return False
         if self.id_type in (IDType.FQDN, IDType.RFC822_ADDR):
             return self.data.lower() == received.data.lower()
+        if self.id_type == IDType.DER_ASN1_DN:
+            return dn_equal(self.data, received.data)
         return self.data == received.data
 
     def __str__(self) -> str:
@@ -146,6 +245,8 @@ class Identity:
             return self.data.decode("ascii", "backslashreplace")
         if self.id_type == IDType.ANY:
             return "%any"
+        if self.id_type == IDType.DER_ASN1_DN and (text := dn_text(self.data)) is not None:
+            return text
         return f"{_TYPE_WORD.get(self.id_type, str(self.id_type))}:#{self.data.hex()}"
 
 

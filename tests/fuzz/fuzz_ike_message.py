@@ -2,7 +2,8 @@
 
 The parser's documented error is IKEParseError; anything else escaping is a finding. Inputs that start
 with a fixed, valid SK-protected header also exercise the keymat's integrity/padding checks. Every SA
-payload that decodes is also run through proposal selection, whose documented error is ProposalError.
+payload that decodes is also run through proposal selection, whose documented error is ProposalError,
+and every ID payload through identity printing and DN comparison, which must never raise.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ import contextlib
 import os
 
 from nf.ike.errors import IKEParseError, ProposalError
+from nf.ike.identities import Identity
 from nf.ike.keymat import IKEKeymat
 from nf.ike.message import decode_header, decode_message, encode_message, unframe
-from nf.ike.payloads import SAPayload, decode_payloads
+from nf.ike.payloads import IDiPayload, IDrPayload, SAPayload, decode_payloads
 from nf.ike.proposals import CipherSuite, ProposalSpec, check_reply, parse_proposals, select_proposal
 
 _SPEC_CBC = ProposalSpec.parse("aes128-sha256-x25519")
@@ -37,6 +39,7 @@ def _keymat(spec: ProposalSpec) -> IKEKeymat:
 
 
 _KEYMATS = (_keymat(_SPEC_CBC), _keymat(_SPEC_GCM))
+_CONFIGURED_DN = Identity.parse("C=CH, O=strongSwan, CN=moon")
 _POLICY = parse_proposals("aes256gcm16-prfsha384-ecp384-x25519, aes128-aes256-sha256-sha1-modp2048-ecp256")
 
 
@@ -60,6 +63,10 @@ def fuzz_one(data: bytes) -> None:
             continue
         for sa in message.all(SAPayload):
             _negotiate(sa)
+        for id_payload in (*message.all(IDiPayload), *message.all(IDrPayload)):
+            received = Identity.from_payload(id_payload)
+            str(received)
+            _CONFIGURED_DN.matches(received)
         if not message.encrypted:
             # Whatever decodes must encode back to something that decodes the same way.
             again = decode_message(encode_message(message))
