@@ -74,16 +74,37 @@ class SessionReflector:
 
     __slots__ = (
         "_buf",
-        "_codec",
         "_mode",
+        "_pack_reply",
         "_reflect_octets",
+        "_reply_crypto",
+        "_reply_size",
+        "_sender_crypto",
+        "_sender_name",
+        "_sender_size",
+        "_stamp_last",
+        "_truncation",
+        "_unpack_sender",
         "_view",
         "error_estimate",
         "seq",
     )
 
     def __init__(self, params: TestSessionParams, error_estimate: int) -> None:
-        self._codec = TestPacketCodec(params.mode, params.keys, params.symmetric)
+        codec = TestPacketCodec(params.mode, params.keys, params.symmetric)
+        sender = codec.sender_layout
+        # Everything the per-packet path needs, looked up once: the fast path is attribute reads only.
+        head_fields = sender.fields[: [name for name, _ in sender.fields].index("error_estimate") + 1]
+        self._unpack_sender = struct.Struct("!" + "".join(fmt for _, fmt in head_fields)).unpack_from
+        self._sender_size = sender.size
+        self._sender_name = sender.name
+        self._sender_crypto = codec.sender_crypto
+        self._reply_crypto = codec.reflector_crypto
+        self._reply_size = codec.reflector_layout.size
+        self._pack_reply = codec.reflector_layout.struct.pack_into
+        self._truncation = codec.truncation
+        # Authenticated mode: T3 is outside the ECB block and the HMAC, so protect first and stamp last.
+        self._stamp_last = params.mode is SecurityMode.AUTHENTICATED
         self._mode = params.mode
         self._reflect_octets = params.reflect_octets
         self._buf = bytearray(MAX_UDP_PAYLOAD)
@@ -98,41 +119,42 @@ class SessionReflector:
         self, data: bytearray | memoryview, nbytes: int, receive_ntp: int, ttl: int, clock: NtpClock
     ) -> memoryview:
         """The reply to the first `nbytes` of `data`, valid until the next call; raises TestPacketError."""
-        codec = self._codec
-        sender = codec.sender_layout
-        reply_layout = codec.reflector_layout
-        if nbytes < sender.size:
+        size = self._sender_size
+        if nbytes < size:
             raise TestPacketError(
-                TestPacketErrorReason.SHORT, f"{nbytes} octets, {sender.name} needs {sender.size}"
+                TestPacketErrorReason.SHORT, f"{nbytes} octets, {self._sender_name} needs {size}"
             )
-        crypto = codec.sender_crypto
+        crypto = self._sender_crypto
         head = data if crypto is None else crypto.unprotect(data[:nbytes])
-        sender_seq, sender_ts, sender_ee = sender.struct.unpack_from(head)[:3]
+        sender_seq, sender_ts, sender_ee = self._unpack_sender(head)
 
         # RFC 5357 s4.2.1: same size both ways (truncate by the header difference); RFC 6038: always room for
         # the octets the session agreed to reflect, which start the padding in both directions.
-        padding_in = nbytes - sender.size
-        padding_out = max(padding_in - codec.truncation, self._reflect_octets, 0)
-        base = reply_layout.size
+        padding_in = nbytes - size
+        padding_out = padding_in - self._truncation
+        if padding_out < self._reflect_octets:
+            padding_out = self._reflect_octets
+        base = self._reply_size
         buf = self._buf
-        copied = min(padding_in, padding_out)
-        buf[base : base + copied] = data[sender.size : sender.size + copied]
-        if padding_out > copied:
-            buf[base + copied : base + padding_out] = bytes(padding_out - copied)
+        if padding_out:
+            copied = padding_in if padding_in < padding_out else padding_out
+            buf[base : base + copied] = data[size : size + copied]
+            if padding_out > copied:
+                buf[base + copied : base + padding_out] = bytes(padding_out - copied)
 
         seq = self.seq
         self.seq = (seq + 1) & 0xFFFFFFFF
-        pack = reply_layout.struct.pack_into
         ee = self.error_estimate
-        reply_crypto = codec.reflector_crypto
+        reply_crypto = self._reply_crypto
         if reply_crypto is None:
-            pack(buf, 0, seq, clock(), ee, receive_ntp, sender_seq, sender_ts, sender_ee, ttl)
-        elif self._mode is SecurityMode.AUTHENTICATED:
-            # T3 is outside the ECB block and the HMAC, so protect first and stamp last.
-            pack(buf, 0, seq, 0, ee, receive_ntp, sender_seq, sender_ts, sender_ee, ttl, b"")
+            self._pack_reply(buf, 0, seq, clock(), ee, receive_ntp, sender_seq, sender_ts, sender_ee, ttl)
+        elif self._stamp_last:
+            self._pack_reply(buf, 0, seq, 0, ee, receive_ntp, sender_seq, sender_ts, sender_ee, ttl, b"")
             reply_crypto.protect(buf)
             _TIMESTAMP.pack_into(buf, 16, clock())
         else:
-            pack(buf, 0, seq, clock(), ee, receive_ntp, sender_seq, sender_ts, sender_ee, ttl, b"")
+            self._pack_reply(
+                buf, 0, seq, clock(), ee, receive_ntp, sender_seq, sender_ts, sender_ee, ttl, b""
+            )
             reply_crypto.protect(buf)
         return self._view[: base + padding_out]
