@@ -63,7 +63,8 @@ def fuzz_one(data: bytes) -> None:
             continue
         for sa in message.all(SAPayload):
             _negotiate(sa)
-        for id_payload in (*message.all(IDiPayload), *message.all(IDrPayload)):
+        id_payloads: list[IDiPayload | IDrPayload] = [*message.all(IDiPayload), *message.all(IDrPayload)]
+        for id_payload in id_payloads:
             received = Identity.from_payload(id_payload)
             str(received)
             _CONFIGURED_DN.matches(received)
