@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import socket
 import time
 from pathlib import Path
@@ -16,7 +17,7 @@ from nf.twamp.control_client import SessionRequest
 from nf.twamp.control_events import SessionAccepted, SetupCompleted, StartAcked
 from nf.twamp.control_messages import ServerGreeting
 from nf.twamp.modes import Accept, SecurityMode
-from tests.conftest import WAIT, run_cli, split_hostport
+from tests.conftest import CLI, WAIT, Child, run_cli, split_hostport
 
 
 def _ping(target: str, *args: str) -> Any:
@@ -209,3 +210,16 @@ def test_refwait_ends_a_session_nobody_started(reflector_factory: Any) -> None:
     stats = reflector.final_stats()
     assert stats["sessions"]["start_failed"] == 1
     assert "started" not in stats["sessions"]
+
+
+def test_server_dying_mid_test_is_a_clean_failure(reflector_factory: Any, children: list[Child]) -> None:
+    reflector = reflector_factory()
+    ping = Child([*CLI, "ping", reflector.address, "--count", "150", "--interval", "0.02", "--wait", "1"])
+    children.append(ping)
+    deadline = time.monotonic() + WAIT
+    while not reflector.stats()["sessions"].get("started") and time.monotonic() < deadline:
+        time.sleep(0.1)  # kill it only once the test is running
+    reflector.stop(signal.SIGKILL)
+    assert ping.wait(60) == 1
+    assert "server closed the control connection during the test" in ping.err.text
+    assert "Traceback" not in ping.err.text

@@ -213,6 +213,11 @@ class ControlConnection:
             if isinstance(event, kinds):
                 return event
 
+    def check_open(self, during: str) -> None:
+        """Raises when the server closed the control connection while we were not reading (during a test)."""
+        if self.reader is not None and self.reader.at_eof():
+            raise ControlClientError(f"server closed the control connection during {during}")
+
     async def close(self) -> None:
         if self.writer is not None:
             with contextlib.suppress(OSError):
@@ -232,42 +237,54 @@ async def measure(
     control = ControlConnection(config, rng)
     senders: list[SessionSender] = []
     try:
-        await control.connect()
-        machine = control.machine
-        assert machine is not None
-        setup = await control.expect((SetupCompleted,), "the Server Greeting and Server-Start")
-        assert isinstance(setup, SetupCompleted)
-        _check_features(setup.mode, config)
-        sessions: list[tuple[SessionSender, TestSessionParams]] = []
-        for _ in range(config.sessions):
-            sender = SessionSender(control.local)
-            senders.append(sender)
-            machine.request_session(_request(config.plan, sender.port, clock()))
-            event = await control.expect((SessionAccepted, SessionRejected), "Accept-Session")
-            if isinstance(event, SessionRejected):
-                raise ControlClientError(
-                    f"server rejected the test session: Accept-Session {accept_text(event.accept)}"
-                )
-            assert isinstance(event, SessionAccepted)
-            sessions.append((sender, event.params))
-        if config.individual:
-            results = await _run_individually(control, machine, sessions, config.plan)
-        else:
-            machine.start_sessions()
-            ack = await control.expect((StartAcked,), "Start-Ack")
-            assert isinstance(ack, StartAcked)
-            if ack.accept is not Accept.OK:
-                raise ControlClientError(
-                    f"server did not start the sessions: Start-Ack {accept_text(ack.accept)}"
-                )
-            results = await asyncio.gather(*(_run_sender(s, p, config.plan) for s, p in sessions))
-            machine.stop_sessions(Accept.OK)
-            await control.flush()
-        return [records_of(result) for result in results]
+        return await _measure(control, config, clock, senders)
+    except (ConnectionError, OSError) as exc:
+        raise ControlClientError(f"control connection lost: {exc.strerror or exc}") from None
     finally:
         for sender in senders:
             sender.close()
         await control.close()
+
+
+async def _measure(
+    control: ControlConnection,
+    config: MeasurementConfig,
+    clock: Callable[[], float],
+    senders: list[SessionSender],
+) -> list[SessionRecords]:
+    await control.connect()
+    machine = control.machine
+    assert machine is not None
+    setup = await control.expect((SetupCompleted,), "the Server Greeting and Server-Start")
+    assert isinstance(setup, SetupCompleted)
+    _check_features(setup.mode, config)
+    sessions: list[tuple[SessionSender, TestSessionParams]] = []
+    for _ in range(config.sessions):
+        sender = SessionSender(control.local)
+        senders.append(sender)
+        machine.request_session(_request(config.plan, sender.port, clock()))
+        event = await control.expect((SessionAccepted, SessionRejected), "Accept-Session")
+        if isinstance(event, SessionRejected):
+            raise ControlClientError(
+                f"server rejected the test session: Accept-Session {accept_text(event.accept)}"
+            )
+        assert isinstance(event, SessionAccepted)
+        sessions.append((sender, event.params))
+    if config.individual:
+        results = await _run_individually(control, machine, sessions, config.plan)
+    else:
+        machine.start_sessions()
+        ack = await control.expect((StartAcked,), "Start-Ack")
+        assert isinstance(ack, StartAcked)
+        if ack.accept is not Accept.OK:
+            raise ControlClientError(
+                f"server did not start the sessions: Start-Ack {accept_text(ack.accept)}"
+            )
+        results = await asyncio.gather(*(_run_sender(s, p, config.plan) for s, p in sessions))
+        control.check_open("the test")
+        machine.stop_sessions(Accept.OK)
+        await control.flush()
+    return [records_of(result) for result in results]
 
 
 def _check_features(mode: Modes, config: MeasurementConfig) -> None:
@@ -317,6 +334,7 @@ async def _run_individually(
         done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
         for task in done:
             result = task.result()
+            control.check_open("the test")
             results[result.sid] = result
             machine.stop_n([result.sid])
             stop = await control.expect((StopNAcked,), "Stop-N-Ack")
