@@ -161,7 +161,8 @@ def test_childless_sa_with_charon(
             deleted = await endpoint.delete(sa)
             assert deleted.reason == "deleted"
             await in_thread(lambda: charon.wait_gone(event.spis))
-            assert not endpoint.engine.counters.snapshot() if endpoint.engine else False
+            # nothing refused (a slow answer may legitimately draw a retransmission from charon)
+            assert set(endpoint.counters.snapshot()) <= {Reason.RETRANSMITTED_REQUEST.value}
         finally:
             endpoint.close()
 
@@ -289,7 +290,7 @@ def test_charon_answers_our_cookie(charon: Charon, pki: CharonPKI) -> None:
             await in_thread(lambda: charon.initiate("py"))
             event = await recorder.wait(lambda e: isinstance(e, Established | Failed))
             assert isinstance(event, Established)
-            assert endpoint.engine is not None and endpoint.engine.counters[Reason.COOKIE_REQUIRED] == 1
+            assert endpoint.counters[Reason.COOKIE_REQUIRED] == 1
             assert_same_keys(charon, endpoint, event.spis)
         finally:
             endpoint.close()
@@ -315,9 +316,8 @@ def test_wrong_psk_is_authentication_failed(charon: Charon, pki: CharonPKI, we_i
                     await in_thread(lambda: charon.initiate("py", timeout=20))
                 event = await recorder.wait(lambda e: isinstance(e, Established | Failed))
             assert isinstance(event, Failed) and event.reason == "authentication-failed"
-            assert endpoint.engine is not None
-            assert endpoint.engine.counters[Reason.AUTHENTICATION_FAILED] == 1
-            assert len(endpoint.engine.registry) == 0
+            assert endpoint.counters[Reason.AUTHENTICATION_FAILED] == 1
+            assert endpoint.engine is not None and len(endpoint.engine.registry) == 0
         finally:
             endpoint.close()
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
+from nf.ike.counters import IKECounters
 from nf.ike.exchanges import IKEEngine, Limits, PeerConfig
 from nf.ike.sa import IKESA, Address, Deleted, Established, Event, Failed, Rekeyed, SAState
 from nf.ike.transforms import Rng
@@ -72,6 +73,11 @@ class IKEEndpoint(asyncio.DatagramProtocol):
         if self.engine is None:
             raise RuntimeError("endpoint not open")
         return self.engine.local
+
+    @property
+    def counters(self) -> IKECounters:
+        """Refusals per reason (nf.ike.counters.Reason), for the runtime's statistics."""
+        return self._engine().counters
 
     def _engine(self) -> IKEEngine:
         if self.engine is None or self._closed:
