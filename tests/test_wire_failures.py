@@ -223,3 +223,13 @@ def test_server_dying_mid_test_is_a_clean_failure(reflector_factory: Any, childr
     assert ping.wait(60) == 1
     assert "server closed the control connection during the test" in ping.err.text
     assert "Traceback" not in ping.err.text
+
+
+def test_silent_server_times_out_with_a_reason() -> None:
+    with socket.socket() as silent:  # accepts TCP (kernel backlog) but never speaks TWAMP
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        result = run_cli(["ping", f"127.0.0.1:{port}", "--timeout", "1"], timeout=60)
+    assert result.returncode == 1
+    assert "timed out after 1 s waiting for the Server Greeting and Server-Start" in result.stderr
