@@ -339,6 +339,11 @@ def test_signer_loads_pem_and_hides_key(keys: Keys, tmp_path: pathlib.Path) -> N
         ("@@user@example.com", IDType.RFC822_ADDR, b"user@example.com"),
         ("@#0123abcd", IDType.KEY_ID, bytes.fromhex("0123abcd")),
         ("fqdn:192.0.2.1", IDType.FQDN, b"192.0.2.1"),
+        ("dns:host.example", IDType.FQDN, b"host.example"),
+        ("keyid:#0a0b", IDType.KEY_ID, b"\x0a\x0b"),
+        ("keyid:opaque", IDType.KEY_ID, b"opaque"),
+        ("asn1dn:#3000", IDType.DER_ASN1_DN, b"\x30\x00"),
+        ("ipv4:192.0.2.1", IDType.IPV4_ADDR, bytes([192, 0, 2, 1])),
         ("email:a@b", IDType.RFC822_ADDR, b"a@b"),
         ("%any", IDType.ANY, b""),
     ],
@@ -361,8 +366,10 @@ def test_dn_identity_matches_certificate_subject_semantically() -> None:
     )
     assert dn.data == name.public_bytes()
     assert Identity.from_name(name).matches(dn) and dn.matches(Identity.from_name(name))
-    with pytest.raises(AuthenticationError):
-        Identity.parse("C=CH, XX=bad")
+    for bad in ("C=CH, XX=bad", "keyid:#zz", "ipv4:2001:db8::1", "ipv6:nope"):
+        with pytest.raises(AuthenticationError) as info:
+            Identity.parse(bad)
+        assert info.value.reason is AuthReason.BAD_IDENTITY
 
 
 def test_identity_matching_rules() -> None:

@@ -3,7 +3,8 @@
 "192.0.2.1" and "2001:db8::1" are address IDs, "@host" or "host" an FQDN, "user@host" or "@@user@host"
 an RFC 822 address, "@#0123ab" a KEY_ID, anything containing "=" a DER DN in X.500 order
 ("C=CH, O=strongSwan, CN=moon"), and "%any" (or "") the wildcard that matches any peer identity.
-strongSwan's "type:value" prefixes (fqdn:, email:, rfc822:, keyid:, ipv4:, ipv6:, asn1dn:) work too.
+strongSwan's "type:value" prefixes (fqdn:, dns:, email:, rfc822:, userfqdn:, keyid:, ipv4:, ipv6:,
+asn1dn:, asn1gn:) work too, with "type:#hex" for raw octets.
 """
 
 from __future__ import annotations
@@ -173,8 +174,8 @@ class Identity:
     def parse(cls, text: str) -> Identity:
         raw = text.strip()
         prefix, sep, rest = raw.partition(":")
-        if sep and prefix.lower() in _PREFIXES and not _looks_like_ipv6(raw):
-            return _PREFIXES[prefix.lower()](rest.strip(), raw)
+        if sep and prefix.lower() in _PREFIX_TYPES and not _looks_like_ipv6(raw):
+            return _prefixed(prefix.lower(), rest.strip(), raw)
         if raw in ("", "%any", "%any6"):
             return ANY
         try:
@@ -185,7 +186,7 @@ class Identity:
             kind = IDType.IPV4_ADDR if address.version == 4 else IDType.IPV6_ADDR
             return cls(kind, address.packed, raw)
         if raw.startswith("@#"):
-            return _key_id(raw[2:], raw)
+            return _prefixed("keyid", raw[1:], raw)
         if raw.startswith("@@"):
             return cls(IDType.RFC822_ADDR, raw[2:].encode(), raw)
         if raw.startswith("@"):
@@ -261,13 +262,6 @@ def _looks_like_ipv6(text: str) -> bool:
     return True
 
 
-def _key_id(hex_text: str, raw: str) -> Identity:
-    try:
-        return Identity(IDType.KEY_ID, bytes.fromhex(hex_text.removeprefix("#")), raw)
-    except ValueError:
-        raise AuthenticationError(AuthReason.BAD_IDENTITY, f"KEY_ID {raw!r} is not hex") from None
-
-
 def _dn(text: str, raw: str) -> Identity:
     return Identity(IDType.DER_ASN1_DN, parse_dn(text).public_bytes(), raw)
 
@@ -282,15 +276,36 @@ def _address(text: str, raw: str, version: int) -> Identity:
     return Identity(IDType.IPV4_ADDR if version == 4 else IDType.IPV6_ADDR, address.packed, raw)
 
 
-_PREFIXES = {
-    "fqdn": lambda v, raw: Identity(IDType.FQDN, v.encode(), raw),
-    "email": lambda v, raw: Identity(IDType.RFC822_ADDR, v.encode(), raw),
-    "rfc822": lambda v, raw: Identity(IDType.RFC822_ADDR, v.encode(), raw),
-    "keyid": lambda v, raw: _key_id(v, raw),
-    "ipv4": lambda v, raw: _address(v, raw, 4),
-    "ipv6": lambda v, raw: _address(v, raw, 6),
-    "asn1dn": lambda v, raw: _dn(v, raw),
+_PREFIX_TYPES = {
+    "fqdn": IDType.FQDN,
+    "dns": IDType.FQDN,
+    "email": IDType.RFC822_ADDR,
+    "rfc822": IDType.RFC822_ADDR,
+    "userfqdn": IDType.RFC822_ADDR,
+    "keyid": IDType.KEY_ID,
+    "ipv4": IDType.IPV4_ADDR,
+    "ipv6": IDType.IPV6_ADDR,
+    "asn1dn": IDType.DER_ASN1_DN,
+    "asn1gn": IDType.DER_ASN1_GN,
 }
+
+
+def _prefixed(prefix: str, value: str, raw: str) -> Identity:
+    """strongSwan's "type:value": "#hex" gives the raw octets for any type; otherwise addresses and
+    DNs are parsed (strongSwan would take the string octets verbatim there) and the rest is literal."""
+    id_type = _PREFIX_TYPES[prefix]
+    if value.startswith("#"):
+        try:
+            return Identity(id_type, bytes.fromhex(value[1:]), raw)
+        except ValueError:
+            raise AuthenticationError(AuthReason.BAD_IDENTITY, f"{raw!r}: '#' needs hex") from None
+    if id_type in (IDType.IPV4_ADDR, IDType.IPV6_ADDR):
+        return _address(value, raw, 4 if id_type == IDType.IPV4_ADDR else 6)
+    if id_type == IDType.DER_ASN1_DN:
+        return _dn(value, raw)
+    return Identity(id_type, value.encode(), raw)
+
+
 _TYPE_WORD: dict[int, str] = {
     IDType.DER_ASN1_DN: "asn1dn", IDType.DER_ASN1_GN: "asn1gn", IDType.KEY_ID: "keyid",
 }
