@@ -14,6 +14,7 @@ import ipaddress
 import os
 import pathlib
 import pickle
+import subprocess
 from dataclasses import dataclass
 
 import pytest
@@ -669,3 +670,105 @@ def test_certificate_subject_matches_configured_dn(pki: Pki) -> None:
     assert not certificate_matches(
         pki.rsa_leaf, Identity.parse("O=twamp-nf test, CN=SW")
     )  # UTF8: case counts
+
+
+# --- credentials made by strongSwan's own `pki` tool ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StrongSwanPki:
+    ca: list[x509.Certificate]
+    moon: x509.Certificate  # RSA, DN + SANs
+    sun: x509.Certificate  # Ed25519, DN only
+    moon_key: str
+    sun_key: str
+
+
+def _pki(directory: pathlib.Path, *args: str, stdin: bytes | None = None) -> bytes:
+    result = subprocess.run(
+        ["pki", *args], input=stdin, capture_output=True, timeout=120, check=True, cwd=directory
+    )
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def strongswan_pki(tmp_path_factory: pytest.TempPathFactory) -> StrongSwanPki:
+    d = tmp_path_factory.mktemp("sw-pki")
+    (d / "ca.key").write_bytes(_pki(d, "--gen", "--type", "ecdsa", "--size", "384", "--outform", "pem"))
+    (d / "ca.pem").write_bytes(
+        _pki(
+            d,
+            "--self",
+            "--ca",
+            "--lifetime",
+            "30",
+            "--in",
+            "ca.key",
+            "--dn",
+            "C=CH, O=strongSwan, CN=Root",
+            "--outform",
+            "pem",
+        )
+    )
+    issued: dict[str, bytes] = {}
+    for name, key_type, extra in (
+        (
+            "moon",
+            ["--type", "rsa", "--size", "2048"],
+            ["--san", "moon.example", "--san", "moon@strongswan.org", "--san", "192.0.2.9"],
+        ),
+        ("sun", ["--type", "ed25519"], []),
+    ):
+        (d / f"{name}.key").write_bytes(_pki(d, "--gen", *key_type, "--outform", "pem"))
+        public = _pki(d, "--pub", "--in", f"{name}.key")
+        issued[name] = _pki(
+            d,
+            "--issue",
+            "--lifetime",
+            "30",
+            "--cacert",
+            "ca.pem",
+            "--cakey",
+            "ca.key",
+            "--dn",
+            f"C=CH, O=strongSwan, CN={name}",
+            *extra,
+            "--outform",
+            "pem",
+            stdin=public,
+        )
+    return StrongSwanPki(
+        load_certificates(str(d / "ca.pem")),
+        x509.load_pem_x509_certificate(issued["moon"]),
+        x509.load_pem_x509_certificate(issued["sun"]),
+        str(d / "moon.key"),
+        str(d / "sun.key"),
+    )
+
+
+@pytest.mark.strongswan
+def test_strongswan_pki_credentials(strongswan_pki: StrongSwanPki) -> None:
+    """Chains, DN/SAN binding and keys exactly as an operator's `pki`-made files arrive."""
+    now = datetime.datetime.now(datetime.UTC)
+    trust = TrustAnchors(strongswan_pki.ca)
+    moon, sun = strongswan_pki.moon, strongswan_pki.sun
+    assert len(trust.verify(moon, [], now=now)) == 2 and len(trust.verify(sun, [], now=now)) == 2
+    attributes = dn_attributes(moon.subject.public_bytes())
+    assert attributes is not None and {tag for _, tag, _ in attributes} == {
+        0x13
+    }  # pki writes PrintableStrings
+    for text in ("C=CH, O=strongSwan, CN=moon", "moon.example", "moon@strongswan.org", "192.0.2.9"):
+        assert certificate_matches(moon, Identity.parse(text)), text
+    assert not certificate_matches(moon, Identity.parse("C=CH, O=strongSwan, CN=sun"))
+    assert str(Identity.from_payload(IDiPayload(IDType.DER_ASN1_DN, moon.subject.public_bytes()))) == (
+        "C=CH, O=strongSwan, CN=moon"
+    )
+    initiator, responder = _pair()
+    for cert, key_path in ((moon, strongswan_pki.moon_key), (sun, strongswan_pki.sun_key)):
+        idi = IDiPayload(IDType.DER_ASN1_DN, cert.subject.public_bytes())
+        signer = Signer.from_file(key_path)
+        auth = create_auth(
+            initiator, signer, message=MESSAGE_I, nonce=NONCE_R, id_payload=idi, peer_hashes=SUPPORTED_HASHES
+        )
+        public_key = check_peer_certificate(trust, [cert], Identity.from_payload(idi), now=now)
+        verify_auth(responder, public_key, auth, message=MESSAGE_I, nonce=NONCE_R, id_payload=idi)
