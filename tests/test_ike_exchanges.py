@@ -499,3 +499,20 @@ def test_signature_by_a_key_that_is_not_the_certificates_is_authentication_faile
     pump(a, b)
     assert b.counters[Reason.AUTHENTICATION_FAILED] == 1
     assert ("Failed", "authentication-failed") in reasons(a) and len(b.registry) == 0
+
+
+def test_higher_major_version_is_dropped_and_answered_invalid_major_version() -> None:
+    a, b = engines()
+    a.initiate(B, a.peers[0], 0.0)
+    ((request, _),) = a.datagrams_to_send()
+    v3 = bytearray(request)
+    v3[4 + 17] = 0x30
+    b.receive_datagram(bytes(v3), A, 0.0)
+    ((reply, _),) = b.datagrams_to_send()
+    decoded = unframe(reply, B[1], A[1])
+    header = decode_header(decoded)  # we answer in 2.0
+    assert header.is_response and header.spi_i == request[4:12] and header.spi_r == bytes(8)
+    assert struct.unpack_from("!H", decoded, HEADER.size + GENERIC_HEADER.size + 2)[0] == 5
+    assert b.counters[Reason.UNSUPPORTED_MAJOR_VERSION] == 1 and len(b.registry) == 0
+    a.receive_datagram(reply, B, 0.0)  # like strongSwan, the initiator gives up at once
+    assert reasons(a) == [("Failed", "peer-refused")] and len(a.registry) == 0

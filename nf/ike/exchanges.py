@@ -63,6 +63,7 @@ from nf.ike.message import (
     HEADER,
     ExchangeType,
     Header,
+    HeaderFlags,
     Message,
     decode_header,
     encode_message,
@@ -549,6 +550,8 @@ class IKEEngine:
             data = unframe(datagram, self.local[1], remote[1])
             header = decode_header(data)
         except IKEParseError as exc:
+            if exc.reason == ParseReason.UNSUPPORTED_MAJOR_VERSION:
+                self._invalid_major_version(data, remote)
             raise _Drop(_PARSE_REASONS[exc.reason], exc.detail) from None
         if header.exchange == ExchangeType.IKE_SA_INIT:
             if header.is_response:
@@ -584,6 +587,22 @@ class IKEEngine:
         if message is None:
             return
         self._on_request(sa, header, message, now)
+
+    def _invalid_major_version(self, data: bytes, remote: Address) -> None:
+        """s2.5: drop, and answer an IKE_SA_INIT request with N(INVALID_MAJOR_VERSION) in a 2.0 header."""
+        fields = HEADER.unpack(data)
+        if fields["exchange"] != ExchangeType.IKE_SA_INIT or fields["flags"] & HeaderFlags.RESPONSE:
+            return
+        message = plain(
+            fields["spi_i"],
+            fields["spi_r"],
+            ExchangeType.IKE_SA_INIT,
+            fields["message_id"],
+            is_response=True,
+            from_initiator=False,
+            payloads=[NotifyPayload(NotifyType.INVALID_MAJOR_VERSION)],
+        )
+        self._emit(self._framed(encode_message(message), remote), remote)
 
     def _open(self, sa: IKESA, header: Header, data: bytes, *, request: bool) -> Message | None:
         """Verify and decrypt an SK message. Crypto failures drop silently; an authenticated request whose
