@@ -22,7 +22,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.x509.oid import NameOID
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nf.ike.auth import (
@@ -609,6 +609,7 @@ dn_values = st.text(
 )
 
 
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(st.sampled_from(DN_KEYS), dn_values), min_size=1, max_size=6))
 def test_dn_text_round_trip(parts: list[tuple[str, str]]) -> None:
     text = ", ".join(f"{key}={value.replace(',', chr(92) + ',')}" for key, value in parts)
@@ -656,6 +657,7 @@ def test_malformed_dns_are_refused(der: bytes) -> None:
     assert str(Identity(IDType.DER_ASN1_DN, der)) == f"asn1dn:#{der.hex()}"
 
 
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=80))
 def test_dn_reader_never_raises(data: bytes) -> None:
     dn_attributes(data)

@@ -11,7 +11,7 @@ import struct
 import subprocess
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nf.ike.errors import IKEParseError, ParseReason
@@ -134,6 +134,7 @@ def test_header_length_must_match_datagram(cut: int, reason: ParseReason) -> Non
         decode_message(raw + b"\x00")
 
 
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(headers, chains)
 def test_plain_message_round_trip(
     header: tuple[bytes, bytes, int, int, bool, bool], chain: list[Payload]
@@ -151,7 +152,7 @@ def test_plain_message_round_trip(
 
 
 @pytest.mark.parametrize("suite", SUITES)
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(header=headers, chain=chains)
 def test_protected_round_trip_each_suite(
     suite: str, header: tuple[bytes, bytes, int, int, bool, bool], chain: list[Payload]
@@ -193,7 +194,7 @@ def test_each_message_gets_a_fresh_iv(suite: str) -> None:
 
 
 @pytest.mark.parametrize("suite", SUITES)
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_any_tampering_is_detected(suite: str, data: st.DataObject) -> None:
     initiator, responder = keymats(suite)
@@ -465,7 +466,7 @@ def test_wireshark_decrypts_and_dissects_our_messages(tmp_path: pathlib.Path) ->
 # --- robustness: arbitrary octets only ever raise the documented error -----------------------------
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=600), st.sampled_from(SUITES))
 def test_random_octets_raise_only_parse_errors(data: bytes, suite: str) -> None:
     """Random datagrams, and random SK bodies behind a valid header, fail only with IKEParseError."""

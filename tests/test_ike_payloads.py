@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nf.ike.errors import IKEParseError, ParseReason, ProposalError, ProposalReason
@@ -87,12 +87,14 @@ payloads: st.SearchStrategy[Payload] = st.one_of(
 # --- round trips -----------------------------------------------------------------------------------
 
 
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(payloads, max_size=8))
 def test_payload_chain_round_trip(chain: list[Payload]) -> None:
     first, data = encode_payloads(chain)
     assert decode_payloads(first, data) == chain
 
 
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(payloads)
 def test_single_payload_round_trip_and_length(payload: Payload) -> None:
     first, data = encode_payloads([payload])
@@ -345,6 +347,7 @@ proposal_texts = st.one_of(
 ).map(lambda parts: "-".join(word for group in parts for word in group))
 
 
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(proposal_texts)
 def test_proposal_string_round_trip(text: str) -> None:
     spec = ProposalSpec.parse(text)
@@ -354,6 +357,7 @@ def test_proposal_string_round_trip(text: str) -> None:
     assert decode_payloads(first, data) == [SAPayload((proposal,))]
 
 
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(proposal_texts, min_size=1, max_size=3), st.lists(proposal_texts, min_size=1, max_size=3))
 def test_selection_picks_something_both_sides_allow(ours_text: list[str], theirs_text: list[str]) -> None:
     ours = parse_proposals(",".join(ours_text))
