@@ -5,6 +5,11 @@ an RFC 822 address, "@#0123ab" a KEY_ID, anything containing "=" a DER DN in X.5
 ("C=CH, O=strongSwan, CN=moon"), and "%any" (or "") the wildcard that matches any peer identity.
 strongSwan's "type:value" prefixes (fqdn:, dns:, email:, rfc822:, userfqdn:, keyid:, ipv4:, ipv6:,
 asn1dn:, asn1gn:) work too, with "type:#hex" for raw octets.
+
+DN identities are compared like strongSwan's compare_dn (same attributes in the same order, the ASN.1
+string type ignored). A DN written as text is encoded with cryptography's defaults (UTF8String, C as
+PrintableString), so against a peer's PrintableString value the case of the letters matters, where
+strongSwan, encoding both sides as PrintableString, would ignore it.
 """
 
 from __future__ import annotations
