@@ -333,3 +333,11 @@ def test_gcm_body_needs_no_block_alignment() -> None:
     assert keymat.sk_body_length(0) == 8 + 1 + 16
     assert keymat.sk_body_length(5) == 8 + 6 + 16
     assert _vector_keymat(True).sk_body_length(0) == 16 + 16 + 12
+
+
+def test_modp_public_value_is_two_to_the_private_exponent() -> None:
+    """Independent check of the group-14 public value (RFC 3526: g = 2), computed here with Python ints."""
+    seed = bytes(range(1, 65))
+    exponent = int.from_bytes(seed, "big") % (MODP_2048_PRIME - 3) + 2
+    ours = DH_GROUPS[DhId.MODP_2048].generate(lambda n: seed)
+    assert int.from_bytes(ours.public_value, "big") == pow(2, exponent, MODP_2048_PRIME)

@@ -255,13 +255,17 @@ class _ModpExchange(KeyExchange):
         prime = MODP_2048_PRIME
         # 512-bit private exponent: far above the 2x security-level rule for a 2048-bit group.
         exponent = int.from_bytes(rng(64), "big") % (prime - 3) + 2
-        # g^x mod p is the group's public value; the secret-dependent exchange runs in cryptography.
-        public = pow(2, exponent, prime)
         with warnings.catch_warnings():  # FFDH is deprecated in cryptography but MUST for IKEv2 (RFC 8247)
             warnings.simplefilter("ignore", CryptographyDeprecationWarning)
             self._numbers = dh.DHParameterNumbers(prime, 2)
-            self._key = dh.DHPrivateNumbers(exponent, dh.DHPublicNumbers(public, self._numbers)).private_key()
-        self._public = public.to_bytes(256, "big")
+            generator = dh.DHPublicNumbers(2, self._numbers)
+            # cryptography builds DH keys only from (x, g^x); g^x is obtained as the DH function of x
+            # applied to g itself, so every exponentiation runs in OpenSSL.
+            bootstrap = dh.DHPrivateNumbers(exponent, generator).private_key()
+            public = bootstrap.exchange(generator.public_key()).rjust(256, b"\0")
+            numbers = dh.DHPublicNumbers(int.from_bytes(public, "big"), self._numbers)
+            self._key = dh.DHPrivateNumbers(exponent, numbers).private_key()
+        self._public = public
 
     @property
     def public_value(self) -> bytes:
