@@ -384,3 +384,11 @@ def test_duplicate_proposal_numbers_from_a_peer_do_not_confuse_the_reply_check()
     theirs = [other, Proposal(1, ProtocolId.IKE, b"", wanted.transforms)]  # both numbered 1
     reply, suite = select_proposal(ours, theirs)
     assert check_reply(theirs, reply) == suite
+
+
+def test_cipher_suite_refuses_cbc_without_integrity_and_aead_with_it() -> None:
+    cbc, gcm = ProposalSpec.parse("aes128-sha256-x25519"), ProposalSpec.parse("aes128gcm16-prfsha256-x25519")
+    with pytest.raises(ValueError):
+        CipherSuite(cbc.encrs[0], cbc.prfs[0], None, cbc.dh_groups[0])
+    with pytest.raises(ValueError):
+        CipherSuite(gcm.encrs[0], gcm.prfs[0], cbc.integs[0], gcm.dh_groups[0])

@@ -98,6 +98,11 @@ class CipherSuite:
     integ: IntegAlgorithm | None
     dh: DhGroup
 
+    def __post_init__(self) -> None:
+        """A CBC suite without INTEG would send unauthenticated SK payloads: refuse to build one."""
+        if self.encr.aead != (self.integ is None):
+            raise ValueError(f"{self.encr.name} needs {'no' if self.encr.aead else 'an'} integrity algorithm")
+
     @property
     def name(self) -> str:
         parts = [self.encr.name]
