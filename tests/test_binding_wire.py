@@ -1,0 +1,350 @@
+"""RFC 7717 end to end on loopback: our IKE endpoints establish a childless SA, and a real TWAMP server
+(ControlListener + Reflector) keyed by ServerBinding talks to a real Control-Client keyed by ClientBinding.
+
+Covers the modes 130/132/136 with PSK and certificate SAs, unknown SPIs (Accept 6, counted and reported),
+rekey and delete under a running control connection (R10), and the three no-SA policies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+
+from nf.binding import (
+    KeyingFallback,
+    NoIKESA,
+    NoSAPolicy,
+    SAKeying,
+    UnknownSAReason,
+    client_config,
+)
+from nf.ike.identities import Identity
+from nf.ike.sa import Established, Rekeyed
+from nf.net.control_connector import ControlClientError, ControlConnection
+from nf.twamp.control_events import ControlFailure
+from nf.twamp.keysource import SharedSecret
+from nf.twamp.modes import Accept, Modes
+from tests.strongswan_peer import CharonPKI, make_pki
+from tests.test_binding_rig import (
+    CLIENT_ID,
+    IKEV2_AUTH,
+    IKEV2_ENC,
+    IKEV2_MIXED,
+    KEYCHAIN,
+    SERVER_ID,
+    Rig,
+    cert_peer,
+    psk_peer,
+    run,
+    run_test_session,
+    setup,
+)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> CharonPKI:
+    return make_pki(tmp_path_factory.mktemp("pki"), {CLIENT_ID: "ed25519", SERVER_ID: "ecdsa"})
+
+
+async def psk_rig(allowed: tuple[str, ...] = (CLIENT_ID,)) -> Rig:
+    return await Rig.open(psk_peer(CLIENT_ID, SERVER_ID), psk_peer(SERVER_ID, "%any"), allowed=allowed)
+
+
+async def establish(rig: Rig) -> Established:
+    event = await rig.client_ike.initiate(rig.server_ike.local, rig.client_peer, 60.0)
+    assert isinstance(event, Established), event
+    return event
+
+
+@pytest.mark.parametrize("auth", ["psk", "cert"])
+@pytest.mark.parametrize("mode", [IKEV2_AUTH, IKEV2_ENC, IKEV2_MIXED], ids=["130", "132", "136"])
+def test_ikev2_derived_session_in_every_protected_mode(pki: CharonPKI, auth: str, mode: Modes) -> None:
+    async def scenario() -> None:
+        if auth == "psk":
+            rig = await psk_rig()
+        else:
+            rig = await Rig.open(cert_peer(pki, CLIENT_ID, SERVER_ID), cert_peer(pki, SERVER_ID, "%any"))
+        try:
+            binding = rig.client_binding()
+            established = await establish(rig)
+            keying = await binding.keying()
+            assert keying is not None and keying.spis == established.spis
+            assert keying.key_id == established.spis[0] + established.spis[1]
+            connection = await rig.connect(keying, (mode,))
+            try:
+                done = await setup(connection)
+                assert int(done.mode) == int(mode) and done.key_id == keying.key_id
+                result = await run_test_session(connection)
+            finally:
+                await connection.close()
+            assert result.sent == 5 and result.received == 5
+            assert rig.server_binding.counters() == {"served": 1}
+            assert binding.counters["initiated"] == 0 and binding.counters["keyed"] == 1
+            security = {IKEV2_AUTH: "authenticated", IKEV2_ENC: "encrypted", IKEV2_MIXED: "mixed"}[mode]
+            assert rig.listener.counters.modes == {security: 1}
+            assert rig.listener.counters.bad_input == {}
+        finally:
+            await rig.close()
+
+    run(scenario())
+
+
+def test_unknown_spis_get_accept_6_counted_and_reported() -> None:
+    async def scenario() -> None:
+        rig = await psk_rig()
+        try:
+            await establish(rig)
+            stranger = SAKeying((os.urandom(8), os.urandom(8)), SharedSecret(os.urandom(32)))
+            connection = await rig.connect(stranger, (IKEV2_AUTH,))
+            try:
+                with pytest.raises(ControlClientError) as failure:
+                    await setup(connection)
+            finally:
+                await connection.close()
+            assert failure.value.reason is ControlFailure.UNKNOWN_SA
+            assert failure.value.accept is Accept.UNKNOWN_SA
+            assert "Accept=6" in str(failure.value)
+            assert rig.server_binding.counters() == {"served": 0, "no-sa": 1}
+            assert [(u.spi_i, u.spi_r, u.reason) for u in rig.unknown] == [
+                (stranger.spis[0], stranger.spis[1], UnknownSAReason.NO_SA)
+            ]
+            assert rig.listener.counters.bad_input == {"unknown-sa": 1}
+        finally:
+            await rig.close()
+
+    run(scenario())
+
+
+def test_sa_of_a_peer_not_allowed_is_unknown() -> None:
+    async def scenario() -> None:
+        rig = await psk_rig(allowed=("someone-else.test",))
+        try:
+            binding = rig.client_binding()
+            await establish(rig)
+            keying = await binding.keying()
+            assert keying is not None
+            connection = await rig.connect(keying, (IKEV2_ENC,))
+            try:
+                with pytest.raises(ControlClientError) as failure:
+                    await setup(connection)
+            finally:
+                await connection.close()
+            assert failure.value.accept is Accept.UNKNOWN_SA
+            assert [(u.reason, u.peer_id) for u in rig.unknown] == [
+                (UnknownSAReason.PEER_NOT_ALLOWED, CLIENT_ID)
+            ]
+            # allowing the peer (a configuration change) lets the next connection in
+            allowed = [Identity.parse("someone-else.test"), Identity.parse(CLIENT_ID)]
+            rig.server_binding.set_allowed_peers(allowed)
+            connection = await rig.connect(keying, (IKEV2_ENC,))
+            try:
+                await setup(connection)
+            finally:
+                await connection.close()
+            assert rig.server_binding.counters() == {"served": 1, "peer-not-allowed": 1}
+        finally:
+            await rig.close()
+
+    run(scenario())
+
+
+def test_rekey_keeps_the_running_connection_and_new_connections_use_new_spis() -> None:
+    async def scenario() -> None:
+        rig = await psk_rig()
+        try:
+            binding = rig.client_binding()
+            established = await establish(rig)
+            old = await binding.keying()
+            assert old is not None and old.spis == established.spis
+            running = await rig.connect(old, (IKEV2_AUTH,))
+            try:
+                await setup(running)
+                sa = rig.client_ike.lookup(*established.spis)
+                assert sa is not None
+                rekeyed = await rig.client_ike.rekey(sa)
+                assert isinstance(rekeyed, Rekeyed) and rekeyed.old_spis == established.spis
+                # the running connection still works with the keys set up from the old SA (R10)
+                result = await run_test_session(running)
+                assert result.received == result.sent == 5
+                new = await binding.keying()
+                assert new is not None and new.spis == rekeyed.new_spis != old.spis
+                fresh = await rig.connect(new, (IKEV2_AUTH,))
+                try:
+                    done = await setup(fresh)
+                    assert done.key_id == new.key_id
+                    assert (await run_test_session(fresh)).received == 5
+                finally:
+                    await fresh.close()
+                # and the old snapshot keeps its secret, but the server no longer keys new connections from it
+                assert old.secret_for(old.key_id) != new.secret_for(new.key_id)
+            finally:
+                await running.close()
+            assert rig.server_binding.served == 2
+        finally:
+            await rig.close()
+
+    run(scenario())
+
+
+def test_deleted_sa_refuses_new_connections_while_the_running_one_finishes() -> None:
+    async def scenario() -> None:
+        rig = await psk_rig()
+        try:
+            binding = rig.client_binding(NoSAPolicy.FAIL)
+            established = await establish(rig)
+            keying = await binding.keying()
+            assert keying is not None
+            running = await rig.connect(keying, (IKEV2_ENC,))
+            try:
+                await setup(running)
+                sa = rig.client_ike.lookup(*established.spis)
+                assert sa is not None
+                await rig.client_ike.delete(sa)
+                for _ in range(3000):  # the responder side learns of the delete from the INFORMATIONAL
+                    if rig.server_ike.lookup(*established.spis) is None:
+                        break
+                    await asyncio.sleep(0.01)
+                stale = await rig.connect(keying, (IKEV2_ENC,))
+                try:
+                    with pytest.raises(ControlClientError) as failure:
+                        await setup(stale)
+                finally:
+                    await stale.close()
+                assert failure.value.accept is Accept.UNKNOWN_SA
+                result = await run_test_session(running)
+                assert result.received == result.sent == 5
+            finally:
+                await running.close()
+            assert rig.server_binding.counters() == {"served": 1, "no-sa": 1}
+            assert [u.spi_i + u.spi_r for u in rig.unknown] == [keying.key_id]
+            # no SA any more: policy fail refuses to connect at all
+            with pytest.raises(NoIKESA, match="no-sa-policy fail"):
+                await binding.keying()
+        finally:
+            await rig.close()
+
+    run(scenario())
+
+
+def test_no_sa_initiate_and_wait() -> None:
+    async def scenario() -> None:
+        rig = await psk_rig()
+        try:
+            binding = rig.client_binding(NoSAPolicy.INITIATE)
+            assert binding.current() is None
+            # two connections at once share one initiation
+            first, second = await asyncio.gather(binding.keying(), binding.keying())
+            assert first is not None and second is not None and first.spis == second.spis
+            assert binding.counters["initiated"] == 1
+            assert rig.server_ike.lookup(*first.spis) is not None
+            connection = await rig.connect(first, (IKEV2_MIXED,))
+            try:
+                await setup(connection)
+                assert (await run_test_session(connection)).received == 5
+            finally:
+                await connection.close()
+        finally:
+            await rig.close()
+
+    run(scenario())
+
+
+def test_no_sa_initiate_fails_when_the_peer_does_not_answer() -> None:
+    async def scenario() -> None:
+        rig = await psk_rig()
+        try:
+            binding = rig.client_binding(NoSAPolicy.INITIATE, timeout=1.0)
+            rig.server_ike.close()  # nobody answers IKE_SA_INIT any more
+            with pytest.raises(NoIKESA, match="server"):
+                await binding.keying()
+            assert binding.counters["failed"] == 1
+        finally:
+            await rig.close()
+
+    run(scenario())
+
+
+def test_waiting_client_is_woken_by_an_sa_the_peer_initiates() -> None:
+    async def scenario() -> None:
+        rig = await Rig.open(psk_peer(CLIENT_ID, SERVER_ID), psk_peer(SERVER_ID, CLIENT_ID))
+        try:
+            binding = rig.client_binding()
+            waiting = asyncio.ensure_future(binding.wait_established(60.0))
+            event = await rig.server_ike.initiate(rig.client_ike.local, psk_peer(SERVER_ID, CLIENT_ID), 60.0)
+            assert isinstance(event, Established)
+            keying = await waiting
+            assert keying is not None and keying.spis == event.spis
+            connection = await rig.connect(keying, (IKEV2_AUTH,))
+            try:
+                assert (await setup(connection)).key_id == keying.key_id
+            finally:
+                await connection.close()
+        finally:
+            await rig.close()
+
+    run(scenario())
+
+
+def test_no_sa_fallback_uses_the_key_chain_mode() -> None:
+    async def scenario() -> None:
+        rig = await psk_rig()
+        try:
+            binding = rig.client_binding(NoSAPolicy.FALLBACK)
+            fallbacks: list[KeyingFallback] = []
+            binding.add_observer(fallbacks.append)
+            keying = await binding.keying()
+            assert keying is None
+            assert fallbacks == [KeyingFallback("server", "no IKE SA; using key-chain modes")]
+            connection = await rig.connect(keying, (IKEV2_AUTH, Modes.ENCRYPTED))
+            try:
+                done = await setup(connection)
+                assert int(done.mode) == int(Modes.ENCRYPTED) and done.key_id == b"fallback"
+                assert (await run_test_session(connection)).received == 5
+            finally:
+                await connection.close()
+            assert rig.server_binding.counters() == {"served": 0}
+            assert binding.counters["fallback"] == 1 and rig.listener.counters.modes == {"encrypted": 1}
+            with pytest.raises(NoIKESA, match="without ikev2-derived"):
+                client_config(None, (IKEV2_AUTH,), key_id=b"fallback", key_source=KEYCHAIN)
+        finally:
+            await rig.close()
+
+    run(scenario())
+
+
+def test_accept_6_makes_the_client_initiate_a_fresh_sa() -> None:
+    """Q5: a server that lost the SA answers 6; the client stops naming it; initiate makes a new one."""
+
+    async def scenario() -> None:
+        rig = await psk_rig()
+        try:
+            binding = rig.client_binding(NoSAPolicy.INITIATE)
+            established = await establish(rig)
+            server_sa = rig.server_ike.lookup(*established.spis)
+            assert server_sa is not None
+            assert rig.server_ike.engine is not None
+            rig.server_ike.engine.registry.remove(server_sa)  # the server forgets the SA (e.g. a restart)
+            keying = await binding.keying()
+            assert keying is not None
+            connection: ControlConnection = await rig.connect(keying, (IKEV2_AUTH,))
+            try:
+                with pytest.raises(ControlClientError) as failure:
+                    await setup(connection)
+            finally:
+                await connection.close()
+            assert failure.value.reason is ControlFailure.UNKNOWN_SA
+            binding.server_rejected(keying)
+            fresh = await binding.keying()
+            assert fresh is not None and fresh.spis != keying.spis and binding.counters["initiated"] == 1
+            connection = await rig.connect(fresh, (IKEV2_AUTH,))
+            try:
+                await setup(connection)
+            finally:
+                await connection.close()
+            assert rig.server_binding.counters() == {"served": 1, "no-sa": 1}
+        finally:
+            await rig.close()
+
+    run(scenario())
