@@ -516,3 +516,18 @@ def test_higher_major_version_is_dropped_and_answered_invalid_major_version() ->
     assert b.counters[Reason.UNSUPPORTED_MAJOR_VERSION] == 1 and len(b.registry) == 0
     a.receive_datagram(reply, B, 0.0)  # like strongSwan, the initiator gives up at once
     assert reasons(a) == [("Failed", "peer-refused")] and len(a.registry) == 0
+
+
+def test_retransmitted_malformed_request_gets_the_same_single_answer() -> None:
+    a, b = engines()
+    sa, peer = establish(a, b)
+    critical = GENERIC_HEADER.pack(next_payload=0, flags=0x80, length=8) + b"\0\0\0\0"
+    request = _inject(a, sa, 99, critical)
+    b.receive_datagram(request, A, 1.0)
+    ((answer, _),) = b.datagrams_to_send()
+    b.receive_datagram(request, A, 2.0)
+    assert b.datagrams_to_send() == [(answer, A)]
+    assert (
+        b.counters[Reason.UNSUPPORTED_CRITICAL_PAYLOAD] == 1 and b.counters[Reason.RETRANSMITTED_REQUEST] == 1
+    )
+    assert peer.state == SAState.ESTABLISHED

@@ -575,7 +575,7 @@ class IKEEngine:
             return
         kind = sa.classify_request(header.message_id)
         if kind == "retransmit":
-            self._open(sa, header, data, request=True)  # authenticate before re-sending anything
+            self._open(sa, header, data, request=True, authenticate_only=True)  # before re-sending anything
             assert sa.last_response is not None
             self._count(Reason.RETRANSMITTED_REQUEST, spis_text(sa.spis))
             self._emit(sa.last_response[1], sa.remote)
@@ -604,7 +604,9 @@ class IKEEngine:
         )
         self._emit(self._framed(encode_message(message), remote), remote)
 
-    def _open(self, sa: IKESA, header: Header, data: bytes, *, request: bool) -> Message | None:
+    def _open(
+        self, sa: IKESA, header: Header, data: bytes, *, request: bool, authenticate_only: bool = False
+    ) -> Message | None:
         """Verify and decrypt an SK message. Crypto failures drop silently; an authenticated request whose
         inner payloads are malformed is answered (INVALID_SYNTAX / UNSUPPORTED_CRITICAL_PAYLOAD) -> None."""
         keymat = sa.keymat
@@ -621,6 +623,8 @@ class IKEEngine:
             inner = keymat.unprotect(data[: len(data) - len(sk.body)], sk.body)
         except IKEParseError as exc:
             raise _Drop(_PARSE_REASONS[exc.reason], exc.detail) from None
+        if authenticate_only:
+            return None
         try:
             payloads = decode_payloads(sk.inner_first, inner, allow_sk=False)
         except IKEParseError as exc:
