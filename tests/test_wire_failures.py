@@ -233,3 +233,13 @@ def test_silent_server_times_out_with_a_reason() -> None:
         result = run_cli(["ping", f"127.0.0.1:{port}", "--timeout", "1"], timeout=60)
     assert result.returncode == 1
     assert "timed out after 1 s waiting for the Server Greeting and Server-Start" in result.stderr
+
+
+def test_servwait_is_suspended_while_a_session_runs(reflector_factory: Any) -> None:
+    reflector = reflector_factory("--servwait", "1")
+    result = _ping(reflector.address, "--count", "30", "--interval", "0.1", "--json")  # 3 s, control silent
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["received"] > 0
+    stats = reflector.final_stats()
+    assert "servwait_timeout" not in stats["connections"]
+    assert stats["sessions"]["stopped"] == 1
