@@ -21,6 +21,7 @@ all octets of the prf output and never reveals them; nothing here logs or prints
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import ipaddress
 import logging
@@ -32,6 +33,7 @@ from typing import Protocol
 from nf.ike.exchanges import PeerConfig
 from nf.ike.identities import Identity
 from nf.ike.sa import IKESA, Address, Deleted, Established, Event, Failed, Rekeyed, SAState, spis_text
+from nf.net.control_listener import CONTROL_CONNECTION
 from nf.net.rate_limited_log import RateLimitedLog
 from nf.twamp.control_client import NO_FEATURES, ClientConfig
 from nf.twamp.keysource import KeySource, SharedSecret
@@ -120,10 +122,16 @@ class UnknownSA:
     spi_r: bytes
     reason: UnknownSAReason
     peer_id: str = ""  # the SA's peer identity when the SA exists but is not allowed
+    # the control connection (nf.net.control_listener.CONTROL_CONNECTION), when the listener names it
+    client_address: str | None = None
+    client_port: int | None = None
+    server_address: str | None = None
+    server_port: int | None = None
 
     def __str__(self) -> str:
-        peer = f" (peer {self.peer_id})" if self.peer_id else ""
-        return f"unknown IKE SA {spis_text((self.spi_i, self.spi_r))}: {self.reason.value}{peer}"
+        peer = f" (IKE peer {self.peer_id})" if self.peer_id else ""
+        client = f" from {self.client_address} port {self.client_port}" if self.client_address else ""
+        return f"unknown IKE SA {spis_text((self.spi_i, self.spi_r))}{client}: {self.reason.value}{peer}"
 
 
 class ServerBinding:
@@ -190,6 +198,16 @@ class ServerBinding:
         return secret, None
 
     def _reject(self, event: UnknownSA) -> None:
+        connection = CONTROL_CONNECTION.get()
+        if connection is not None:
+            client, client_port, local, local_port = connection
+            event = dataclasses.replace(
+                event,
+                client_address=client,
+                client_port=client_port,
+                server_address=local,
+                server_port=local_port,
+            )
         self.rejected[event.reason] += 1
         self._log.warning(f"unknown-sa:{event.reason.value}", "TWAMP control: %s: answering Accept=6", event)
         for callback in list(self._observers):

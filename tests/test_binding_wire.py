@@ -17,6 +17,7 @@ from nf.binding import (
     NoIKESA,
     NoSAPolicy,
     SAKeying,
+    UnknownSA,
     UnknownSAReason,
     client_config,
 )
@@ -56,6 +57,15 @@ async def establish(rig: Rig) -> Established:
     event = await rig.client_ike.initiate(rig.server_ike.local, rig.client_peer, 60.0)
     assert isinstance(event, Established), event
     return event
+
+
+async def gone(rig: Rig, spis: tuple[bytes, bytes]) -> None:
+    """Until neither endpoint has the SA (the responder learns of a delete from an INFORMATIONAL)."""
+    for _ in range(6000):
+        if rig.client_ike.lookup(*spis) is None and rig.server_ike.lookup(*spis) is None:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the IKE SA was never deleted on both ends")
 
 
 @pytest.mark.parametrize("auth", ["psk", "cert"])
@@ -98,6 +108,8 @@ def test_unknown_spis_get_accept_6_counted_and_reported() -> None:
             await establish(rig)
             stranger = SAKeying((os.urandom(8), os.urandom(8)), SharedSecret(os.urandom(32)))
             connection = await rig.connect(stranger, (IKEV2_AUTH,))
+            assert connection.writer is not None
+            client_port = connection.writer.get_extra_info("sockname")[1]
             try:
                 with pytest.raises(ControlClientError) as failure:
                     await setup(connection)
@@ -107,9 +119,19 @@ def test_unknown_spis_get_accept_6_counted_and_reported() -> None:
             assert failure.value.accept is Accept.UNKNOWN_SA
             assert "Accept=6" in str(failure.value)
             assert rig.server_binding.counters() == {"served": 0, "no-sa": 1}
-            assert [(u.spi_i, u.spi_r, u.reason) for u in rig.unknown] == [
-                (stranger.spis[0], stranger.spis[1], UnknownSAReason.NO_SA)
+            # the event carries what the unknown-sa notification needs (RFC 7717 s5.3: log for operations)
+            assert rig.unknown == [
+                UnknownSA(
+                    stranger.spis[0],
+                    stranger.spis[1],
+                    UnknownSAReason.NO_SA,
+                    client_address="127.0.0.1",
+                    client_port=client_port,
+                    server_address="127.0.0.1",
+                    server_port=rig.port,
+                )
             ]
+            assert f"from 127.0.0.1 port {client_port}: no-sa" in str(rig.unknown[0])
             assert rig.listener.counters.bad_input == {"unknown-sa": 1}
         finally:
             await rig.close()
@@ -165,7 +187,16 @@ def test_rekey_keeps_the_running_connection_and_new_connections_use_new_spis() -
                 assert sa is not None
                 rekeyed = await rig.client_ike.rekey(sa)
                 assert isinstance(rekeyed, Rekeyed) and rekeyed.old_spis == established.spis
-                # the running connection still works with the keys set up from the old SA (R10)
+                await gone(rig, established.spis)
+                # the old SA is gone on both ends; a new connection naming it is refused ...
+                stale = await rig.connect(old, (IKEV2_AUTH,))
+                try:
+                    with pytest.raises(ControlClientError) as failure:
+                        await setup(stale)
+                finally:
+                    await stale.close()
+                assert failure.value.accept is Accept.UNKNOWN_SA
+                # ... while the running connection still works with the keys set up from it (R10)
                 result = await run_test_session(running)
                 assert result.received == result.sent == 5
                 new = await binding.keying()
@@ -177,11 +208,11 @@ def test_rekey_keeps_the_running_connection_and_new_connections_use_new_spis() -
                     assert (await run_test_session(fresh)).received == 5
                 finally:
                     await fresh.close()
-                # and the old snapshot keeps its secret, but the server no longer keys new connections from it
+                # the old snapshot keeps its own secret, which differs from the new SA's
                 assert old.secret_for(old.key_id) != new.secret_for(new.key_id)
             finally:
                 await running.close()
-            assert rig.server_binding.served == 2
+            assert rig.server_binding.counters() == {"served": 2, "no-sa": 1}
         finally:
             await rig.close()
 
@@ -202,10 +233,7 @@ def test_deleted_sa_refuses_new_connections_while_the_running_one_finishes() -> 
                 sa = rig.client_ike.lookup(*established.spis)
                 assert sa is not None
                 await rig.client_ike.delete(sa)
-                for _ in range(3000):  # the responder side learns of the delete from the INFORMATIONAL
-                    if rig.server_ike.lookup(*established.spis) is None:
-                        break
-                    await asyncio.sleep(0.01)
+                await gone(rig, established.spis)
                 stale = await rig.connect(keying, (IKEV2_ENC,))
                 try:
                     with pytest.raises(ControlClientError) as failure:

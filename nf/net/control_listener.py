@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import os
 import time
@@ -40,6 +41,13 @@ from nf.twamp.modes import Accept, Modes
 log = logging.getLogger(__name__)
 
 READ_SIZE = 65536
+
+# The control connection whose octets the machine is processing: (client address, client port, local address,
+# local port). Set in each connection's own task, so code the machine calls (a KeySource such as the RFC 7717
+# binding, reporting an unknown SA) can name the client without a parameter through the sans-IO machine.
+CONTROL_CONNECTION: contextvars.ContextVar[tuple[str, int, str, int] | None] = contextvars.ContextVar(
+    "twamp_control_connection", default=None
+)
 
 
 @dataclass
@@ -204,6 +212,9 @@ class _Connection:
 
     async def run(self) -> None:
         machine, owner = self.machine, self.owner
+        peer, local = self.writer.get_extra_info("peername"), self.writer.get_extra_info("sockname")
+        if peer and local:
+            CONTROL_CONNECTION.set((_plain(str(peer[0])), int(peer[1]), _plain(str(local[0])), int(local[1])))
         try:
             await self._flush()
             while machine.state is not ConnectionState.CLOSED:
