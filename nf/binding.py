@@ -62,14 +62,16 @@ def spis_of(key_id: bytes) -> SPIs:
 
 
 class SAStore(Protocol):
-    """What the binding needs from an IKE endpoint (nf.net.ike_endpoint.IKEEndpoint provides it)."""
+    """What the server side needs: SAs by SPIs (IKEEndpoint, or the sans-IO IKEEngine itself)."""
 
     def lookup(self, spi_i: bytes, spi_r: bytes) -> IKESA | None: ...
 
-    def add_listener(self, callback: Callable[[Event], None]) -> None: ...
-
 
 class SAInitiator(SAStore, Protocol):
+    """What the client side needs: SA events and initiation (nf.net.ike_endpoint.IKEEndpoint)."""
+
+    def add_listener(self, callback: Callable[[Event], None]) -> None: ...
+
     async def initiate(
         self, remote: Address, config: PeerConfig, timeout: float = 60.0
     ) -> Established | Failed: ...
@@ -190,11 +192,11 @@ class ServerBinding:
         sa = self._endpoint.lookup(spi_i, spi_r)
         if sa is None:
             return None, UnknownSA(spi_i, spi_r, UnknownSAReason.NO_SA)
-        if not _identity_allowed(self._allowed, sa.peer_id):
-            return None, UnknownSA(spi_i, spi_r, UnknownSAReason.PEER_NOT_ALLOWED, sa.peer_id)
-        secret = _ippm_secret(sa)
+        secret = _ippm_secret(sa)  # first: only an established SA has an authenticated peer identity
         if secret is None:
             return None, UnknownSA(spi_i, spi_r, UnknownSAReason.NOT_ESTABLISHED, sa.peer_id)
+        if not _identity_allowed(self._allowed, sa.peer_id):
+            return None, UnknownSA(spi_i, spi_r, UnknownSAReason.PEER_NOT_ALLOWED, sa.peer_id)
         return secret, None
 
     def _reject(self, event: UnknownSA) -> None:
