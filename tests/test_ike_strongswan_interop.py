@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import subprocess
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -351,3 +352,69 @@ def test_untrusted_certificate_is_authentication_failed(
             endpoint.close()
 
     run(scenario())
+
+
+def test_childless_never_peer_is_refused(charon: Charon, pki: CharonPKI) -> None:
+    """RFC 6023: without the responder's CHILDLESS_IKEV2_SUPPORTED we must not send a childless IKE_AUTH."""
+    proposals = "aes128-sha256-x25519"
+
+    async def scenario() -> None:
+        config = our_config(pki, "psk", proposals)
+        endpoint = await open_ike_endpoint(("127.0.0.1", 0), peers=[config])
+        try:
+            await in_thread(
+                lambda: charon_conn(charon, pki, "psk", proposals, endpoint.local[1], childless="never")
+            )
+            event = await endpoint.initiate(("127.0.0.1", charon.port), config)
+            assert isinstance(event, Failed) and event.reason == "peer-refused"
+            assert "childless" in event.detail
+        finally:
+            endpoint.close()
+
+    run(scenario())
+
+
+def test_child_sa_in_ike_auth_is_refused_but_the_ike_sa_comes_up(charon: Charon, pki: CharonPKI) -> None:
+    """s2.21.2: authenticate normally, answer N(NO_PROPOSAL_CHOSEN) instead of SAr2/TS; no kernel state."""
+    proposals = "aes256gcm16-prfsha384-ecp256"
+    child = "\n".join(
+        [
+            "children {",
+            "c {",
+            "esp_proposals = aes128gcm16",
+            "local_ts = 127.0.0.1/32",
+            "remote_ts = 127.0.0.1/32",
+            "}",
+            "}",
+        ]
+    )
+    xfrm_before = _xfrm_state()
+
+    async def scenario() -> None:
+        config = our_config(pki, "psk", proposals)
+        endpoint = await open_ike_endpoint(("127.0.0.1", 0), peers=[config])
+        recorder = Recorder(endpoint)
+        try:
+            await in_thread(
+                lambda: charon_conn(
+                    charon, pki, "psk", proposals, endpoint.local[1], childless="allow", extra=child
+                )
+            )
+            out = await in_thread(lambda: charon.swanctl("--initiate", "--child", "c", check=False))
+            event = await recorder.wait(lambda e: isinstance(e, Established | Failed))
+            assert isinstance(event, Established), out
+            assert endpoint.counters[Reason.CHILD_SA_REFUSED] == 1
+            assert "NO_PROP" in out or "no CHILD_SA built" in charon.log_text()
+            info = await in_thread(lambda: charon.wait_sa(spis=event.spis))
+            assert info.state == "ESTABLISHED"  # charon keeps the IKE SA without the Child SA
+            assert_same_keys(charon, endpoint, event.spis)
+            await in_thread(lambda: charon.terminate(info.uniqueid))
+        finally:
+            endpoint.close()
+
+    run(scenario())
+    assert _xfrm_state() == xfrm_before  # the refused Child SA never reached the kernel
+
+
+def _xfrm_state() -> str:
+    return subprocess.run(["ip", "xfrm", "state"], capture_output=True, text=True, check=False).stdout
