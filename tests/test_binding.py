@@ -26,8 +26,11 @@ from nf.ike.exchanges import IKEEngine, PeerConfig
 from nf.ike.identities import Identity
 from nf.ike.proposals import parse_proposals
 from nf.ike.sa import IKESA, SAState
+from nf.twamp.control_events import ConnectionFailed, ControlFailure
+from nf.twamp.control_messages import ServerGreeting, ServerStart, SetupResponse
+from nf.twamp.control_server import ControlServer, ServerConfig
 from nf.twamp.keysource import KeyChain, SharedSecret
-from nf.twamp.modes import Modes
+from nf.twamp.modes import Accept, Modes
 
 A = ("127.0.0.1", 41000)
 B = ("127.0.0.1", 41001)
@@ -190,3 +193,26 @@ def test_client_peer_timeout_bounds() -> None:
         with pytest.raises(ValueError, match="initiate_timeout"):
             ClientPeer("server", config, B, NoSAPolicy.INITIATE, bad)
     assert ClientPeer("server", config, B).policy is NoSAPolicy.INITIATE  # the YANG default
+
+
+@pytest.mark.parametrize(
+    ("mode", "offered", "reason"),
+    [
+        (130, Modes.AUTHENTICATED | Modes.ENCRYPTED, ControlFailure.MODE_NOT_OFFERED),  # bit 7 not offered
+        (128, Modes.AUTHENTICATED | Modes.IKEV2_DERIVED, ControlFailure.MODE_INVALID),  # no security mode
+        (134, Modes.AUTHENTICATED | Modes.ENCRYPTED | Modes.IKEV2_DERIVED, ControlFailure.MODE_INVALID),
+    ],
+)
+def test_server_refuses_bad_ikev2_mode_words_with_accept_3(
+    mode: int, offered: Modes, reason: ControlFailure
+) -> None:
+    """Q6: bit 7 only with exactly one of authenticated/encrypted/mixed, and only when offered."""
+    binding = ServerBinding(IKEEngine(A, os.urandom, 0.0), [Identity.parse("%any")])
+    config = ServerConfig(modes=offered, key_source=KeyChain({"k": b"s"}), ikev2_key_source=binding)
+    server = ControlServer(config, rng=os.urandom, start_time=0.0, local_address=A[0], peer_address=B[0])
+    assert ServerGreeting.decode(server.data_to_send()).modes == int(offered)
+    server.receive_data(SetupResponse(mode=mode).encode())
+    assert ServerStart.decode(server.data_to_send()).accept is Accept.NOT_SUPPORTED
+    failed = server.next_event()
+    assert isinstance(failed, ConnectionFailed) and failed.reason is reason
+    assert binding.counters() == {"served": 0}  # never consulted
