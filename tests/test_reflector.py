@@ -309,3 +309,18 @@ def test_dscp_is_applied_per_session(reflector: Reflector) -> None:
             _, ancdata, _, _ = sock.recvmsg(2048, 256)
     tos = [data[0] for level, kind, data in ancdata if level == socket.IPPROTO_IP and kind == 1]
     assert tos == [46 << 2]
+
+
+def test_realtime_priority_is_applied_to_port_threads_or_reported(caplog: pytest.LogCaptureFixture) -> None:
+    with Reflector(ReflectorConfig(poll_interval=0.05, realtime_priority=5)) as reflector:
+        port = reflector.reserve_port("127.0.0.1")
+        thread = next(t for t in threading.enumerate() if t.name == f"twamp-reflector-{port}")
+        assert thread.native_id is not None
+
+        def settled() -> bool:
+            fifo = os.sched_getscheduler(thread.native_id or 0) == os.SCHED_FIFO
+            return fifo or "no realtime priority" in caplog.text
+
+        _wait_for(settled, "priority applied or refusal logged")
+        if os.sched_getscheduler(thread.native_id) == os.SCHED_FIFO:
+            assert os.sched_getparam(thread.native_id).sched_priority == 5
