@@ -19,8 +19,8 @@ from nf.ike.auth import PreSharedKey
 from nf.ike.counters import Reason
 from nf.ike.exchanges import IKEEngine, Limits, PeerConfig
 from nf.ike.identities import Identity
-from nf.ike.message import HEADER, ExchangeType, decode_header, unframe
-from nf.ike.payloads import GENERIC_HEADER, PayloadType
+from nf.ike.message import HEADER, ExchangeType, decode_header, decode_message, unframe
+from nf.ike.payloads import GENERIC_HEADER, NoncePayload, PayloadType
 from nf.ike.proposals import parse_proposals
 from nf.ike.sa import IKESA, Deleted, Established, Event, Failed, Rekeyed, RetransmitPolicy, SAState
 
@@ -531,3 +531,22 @@ def test_retransmitted_malformed_request_gets_the_same_single_answer() -> None:
         b.counters[Reason.UNSUPPORTED_CRITICAL_PAYLOAD] == 1 and b.counters[Reason.RETRANSMITTED_REQUEST] == 1
     )
     assert peer.state == SAState.ESTABLISHED
+
+
+def test_retransmitted_ike_sa_init_is_answered_from_state_and_late_copies_ignored() -> None:
+    a, b = engines()
+    a.initiate(B, a.peers[0], 0.0)
+    ((request, _),) = a.datagrams_to_send()
+    b.receive_datagram(request, A, 0.0)
+    ((response, _),) = b.datagrams_to_send()
+    b.receive_datagram(request, A, 0.5)  # the initiator retransmitted: same octets back, no second SA
+    assert b.datagrams_to_send() == [(response, A)] and len(b.registry) == 1
+    a.receive_datagram(response, B, 0.6)
+    pump(a, b)
+    b.receive_datagram(request, A, 5.0)  # a copy that arrives after IKE_AUTH: ignored (s2.1)
+    assert b.datagrams_to_send() == [] and len(b.registry) == 1 and b.registry.half_open_count == 0
+    sa = next(iter(b.registry))
+    nonce = decode_message(unframe(request, A[1], B[1])).first(NoncePayload)
+    assert nonce is not None and b.registry.by_init(A, sa.spi_i, nonce.data) is sa
+    b.registry.remove(sa)  # removal forgets the IKE_SA_INIT index too
+    assert b.registry.by_init(A, sa.spi_i, nonce.data) is None and len(b.registry) == 0

@@ -230,6 +230,7 @@ class SARegistry:
     def __init__(self) -> None:
         self._by_own_spi: dict[bytes, IKESA] = {}
         self._half_open_by_peer: dict[tuple[Address, bytes, bytes], IKESA] = {}
+        self._init_key: dict[bytes, tuple[Address, bytes, bytes]] = {}  # own SPI -> _half_open_by_peer key
         self._half_open: set[bytes] = set()  # own SPIs; counted on every IKE_SA_INIT, so kept O(1)
 
     def __repr__(self) -> str:
@@ -248,15 +249,22 @@ class SARegistry:
             self._half_open.add(sa.own_spi)
 
     def promoted(self, sa: IKESA) -> None:
-        """A half-open responder SA finished IKE_AUTH."""
+        """A half-open responder SA finished IKE_AUTH; its INIT index stays, so late copies are ignored."""
         self._half_open.discard(sa.own_spi)
+
+    def _forget_init(self, sa: IKESA) -> None:
+        key = self._init_key.pop(sa.own_spi, None)
+        if key is not None and self._half_open_by_peer.get(key) is sa:
+            del self._half_open_by_peer[key]
 
     def __contains__(self, sa: object) -> bool:
         return isinstance(sa, IKESA) and self._by_own_spi.get(sa.own_spi) is sa
 
     def remember_init(self, remote: Address, spi_i: bytes, nonce_i: bytes, sa: IKESA) -> None:
         """Responder: find the half-open SA again when its IKE_SA_INIT request is retransmitted."""
-        self._half_open_by_peer[(remote, spi_i, nonce_i)] = sa
+        key = (remote, spi_i, nonce_i)
+        self._half_open_by_peer[key] = sa
+        self._init_key[sa.own_spi] = key
 
     def by_init(self, remote: Address, spi_i: bytes, nonce_i: bytes) -> IKESA | None:
         return self._half_open_by_peer.get((remote, spi_i, nonce_i))
@@ -276,9 +284,7 @@ class SARegistry:
         if self._by_own_spi.get(sa.own_spi) is sa:
             del self._by_own_spi[sa.own_spi]
             self._half_open.discard(sa.own_spi)
-        for key, value in list(self._half_open_by_peer.items()):
-            if value is sa:
-                del self._half_open_by_peer[key]
+            self._forget_init(sa)
 
     @property
     def half_open_count(self) -> int:
