@@ -401,6 +401,7 @@ class ClientBinding:
             self._initiation = asyncio.ensure_future(
                 self._endpoint.initiate(peer.remote, peer.config, peer.initiate_timeout)
             )
+            self._initiation.add_done_callback(_retrieve)
         initiation = self._initiation
         loop = asyncio.get_running_loop()
         deadline = loop.time() + peer.initiate_timeout
@@ -408,6 +409,9 @@ class ClientBinding:
         try:
             done, _ = await asyncio.wait({waiter, initiation}, timeout=peer.initiate_timeout)
             if initiation in done and waiter not in done:
+                if initiation.cancelled() or initiation.exception() is not None:
+                    self.counters["failed"] += 1
+                    raise NoIKESA(f"IKE SA with {peer.name} could not be initiated: {_why(initiation)}")
                 result = initiation.result()
                 if isinstance(result, Failed):
                     self.counters["failed"] += 1
@@ -431,6 +435,19 @@ class ClientBinding:
             if not future.done():
                 future.cancel()
         self._waiters.clear()
+
+
+def _retrieve(task: asyncio.Task[Established | Failed]) -> None:
+    """Marks an initiation's exception as seen: whoever waits reports it; nobody waiting is fine too."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.debug("IKE initiation failed: %s", type(exc).__name__)
+
+
+def _why(task: asyncio.Task[Established | Failed]) -> str:
+    if task.cancelled():
+        return "cancelled"
+    exc = task.exception()
+    return f"{type(exc).__name__}: {exc}" if exc is not None else "no error"
 
 
 def client_config(

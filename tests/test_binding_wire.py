@@ -285,7 +285,22 @@ def test_no_sa_initiate_fails_when_the_peer_does_not_answer() -> None:
         try:
             binding = rig.client_binding(NoSAPolicy.INITIATE, timeout=1.0)
             rig.server_ike.close()  # nobody answers IKE_SA_INIT any more
-            with pytest.raises(NoIKESA, match="server"):
+            with pytest.raises(NoIKESA, match="no IKE SA with server within 1 s"):
+                await binding.keying()
+            assert binding.counters["failed"] == binding.counters["initiated"] == 1
+        finally:
+            await rig.close()
+
+    run(scenario())
+
+
+def test_no_sa_initiate_fails_cleanly_when_our_endpoint_is_gone() -> None:
+    async def scenario() -> None:
+        rig = await psk_rig()
+        try:
+            binding = rig.client_binding(NoSAPolicy.INITIATE)
+            rig.client_ike.close()
+            with pytest.raises(NoIKESA, match="could not be initiated: RuntimeError: endpoint is closed"):
                 await binding.keying()
             assert binding.counters["failed"] == 1
         finally:
