@@ -308,3 +308,24 @@ def test_tshark_decodes_our_ike_sa_init_and_ike_auth(
         assert not any(int(s) >= 8388608 for s in row[3].split(",") if s), f"expert error: {row}"
     malformed = tshark(["-r", str(pcap), *decode, "-Y", "_ws.malformed || _ws.expert.severity >= 8388608"])
     assert malformed.strip() == ""
+
+
+def test_close_fails_pending_calls_with_a_clear_error() -> None:
+    async def scenario() -> None:
+        cfg = psk_config("left.test", "right.test")
+        silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        silent.bind(("127.0.0.1", 0))
+        endpoint = await open_ike_endpoint(("127.0.0.1", 0), peers=[cfg])
+        try:
+            pending = asyncio.ensure_future(endpoint.initiate(silent.getsockname(), cfg))
+            await asyncio.sleep(0.05)
+            endpoint.close()
+            with pytest.raises(RuntimeError, match="endpoint is closed"):
+                await pending
+            with pytest.raises(RuntimeError, match="endpoint is closed"):
+                await endpoint.initiate(silent.getsockname(), cfg)
+        finally:
+            endpoint.close()
+            silent.close()
+
+    run(scenario())

@@ -159,12 +159,13 @@ class IKEEndpoint(asyncio.DatagramProtocol):
         return started
 
     def close(self) -> None:
-        """Close the socket without telling peers (use `delete` first for a graceful end)."""
+        """Close the socket without telling peers (use `delete` first for a graceful end); pending
+        `initiate`/`rekey`/`delete` calls raise RuntimeError("endpoint is closed")."""
         self._closed = True
         self._cancel_timers()
-        for _, future in self._waiters:
+        for _, future in self._waiters:  # pending initiate/rekey/delete calls learn why they stopped
             if not future.done():
-                future.cancel()
+                future.set_exception(RuntimeError("endpoint is closed"))
         self._waiters.clear()
         if self._transport is not None:
             self._transport.close()
