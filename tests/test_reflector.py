@@ -324,3 +324,17 @@ def test_realtime_priority_is_applied_to_port_threads_or_reported(caplog: pytest
         _wait_for(settled, "priority applied or refusal logged")
         if os.sched_getscheduler(thread.native_id) == os.SCHED_FIFO:
             assert os.sched_getparam(thread.native_id).sched_priority == 5
+
+
+def test_a_bug_in_the_reflect_path_costs_the_packet_not_the_thread(reflector: Reflector) -> None:
+    with SessionSender("127.0.0.1") as sender:
+        params = _params(sender, reflector.reserve_port("127.0.0.1"))
+        reflector.add_session(params)
+        reflector.start_session(params.sid)
+        engine = reflector._by_sid[params.sid][1].engine
+        assert engine is not None
+        engine.error_estimate = 1 << 20  # does not fit the 16-bit field: struct.error inside reflect()
+        assert sender.run(params, count=3, interval=0.0, reply_timeout=0.5).received == 0
+        _wait_for(lambda: reflector.totals().internal_errors == 3, "internal errors counted")
+        engine.error_estimate = 0x8001
+        assert sender.run(params, count=3, interval=0.0, reply_timeout=WAIT).received == 3

@@ -102,6 +102,7 @@ class ReflectorTotals:
     sessions: int  # not yet ended
     ports: int
     kernel_timestamps: bool  # every open port gets SO_TIMESTAMPNS receive timestamps
+    internal_errors: int = 0  # packets lost to a bug in the reflect path (logged with a traceback)
 
 
 SessionEndCallback = Callable[[SessionCounters], None]
@@ -158,6 +159,7 @@ class _Port:
         self.dscp = 0
         self.last_activity = time.monotonic()
         self.reflected = 0
+        self.internal_errors = 0
         self.dropped = dict.fromkeys(DropReason, 0)
         self.kernel_timestamps = enable_receive_timestamps(sock)
         enable_receive_ttl(sock)
@@ -261,12 +263,19 @@ class _Port:
                 self.drop(session, DropReason.RATE_LIMITED, "over the session's packet rate", addr)
                 continue
             engine = session.engine
-            assert engine is not None
+            if engine is None:  # ended by the control side since the state check
+                self.drop(session, DropReason.AFTER_STOP, "session ended", addr)
+                continue
             session.last_activity = now
             try:
                 reply = engine.reflect(view, nbytes, ntp_from_ns(stamp), ttl, ntp_now)
             except TestPacketError as exc:
                 self.drop(session, DropReason.of(exc), str(exc), addr)
+                continue
+            except Exception:  # a bug must cost one packet, not the port's thread
+                self.internal_errors += 1
+                if self.owner.bad_input_log.warning("internal", "twamp reflector port %d: bug", self.port):
+                    log.exception("twamp reflector port %d: reflecting failed", self.port)
                 continue
             dscp = session.params.dscp
             try:
@@ -337,6 +346,7 @@ class Reflector:
         self._by_sid: dict[bytes, tuple[_Port, _Session]] = {}
         self._ended: collections.OrderedDict[bytes, SessionCounters] = collections.OrderedDict()
         self._released_reflected = 0
+        self._released_internal = 0
         self._released_dropped = dict.fromkeys(DropReason, 0)
         self._range_cursor = 0
         self._closed = False
@@ -410,6 +420,7 @@ class Reflector:
             del self._ports[(entry.address, entry.port)]
             self._used_ports.discard(entry)
             self._released_reflected += entry.reflected_total()
+            self._released_internal += entry.internal_errors
             for reason, count in entry.dropped.items():
                 self._released_dropped[reason] += count
             entry.closing = True
@@ -540,7 +551,12 @@ class Reflector:
                     dropped[reason] += count
             active = sum(1 for _, s in self._by_sid.values() if s.state is not SessionState.ENDED)
             return ReflectorTotals(
-                reflected, dropped, active, len(ports), all(e.kernel_timestamps for e in ports)
+                reflected,
+                dropped,
+                active,
+                len(ports),
+                all(e.kernel_timestamps for e in ports),
+                self._released_internal + sum(e.internal_errors for e in ports),
             )
 
     def close(self) -> None:
