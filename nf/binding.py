@@ -300,6 +300,7 @@ class ClientBinding:
         self._initiation: asyncio.Task[Established | Failed] | None = None
         self._observers: list[Callable[[KeyingFallback], None]] = []
         self.counters: Counter[str] = Counter()  # keyed, initiated, fallback, failed, unknown-sa
+        self._log = RateLimitedLog(log)
         endpoint.add_listener(self._on_event)
 
     def __repr__(self) -> str:
@@ -350,7 +351,12 @@ class ClientBinding:
         policy applies (initiate a fresh SA, fall back or fail)."""
         self.counters["unknown-sa"] += 1
         self._refused.add(keying.spis)
-        log.warning("TWAMP server does not know IKE SA %s with %s", spis_text(keying.spis), self.peer.name)
+        self._log.warning(
+            "server-unknown-sa",
+            "TWAMP server does not know IKE SA %s with %s (Accept=6)",
+            spis_text(keying.spis),
+            self.peer.name,
+        )
 
     async def wait_established(self, timeout: float) -> SAKeying | None:
         """Q9: wait up to `timeout` s for an SA with the peer to be established (either side initiating)."""
@@ -384,7 +390,7 @@ class ClientBinding:
         if peer.policy is NoSAPolicy.FALLBACK:
             self.counters["fallback"] += 1
             event = KeyingFallback(peer.name, "no IKE SA; using key-chain modes")
-            log.warning("no IKE SA with %s: falling back to key-chain modes", peer.name)
+            self._log.warning("fallback", "no IKE SA with %s: falling back to key-chain modes", peer.name)
             for callback in list(self._observers):
                 try:
                     callback(event)
