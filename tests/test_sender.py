@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import socket
@@ -218,3 +219,17 @@ def test_clock_state_from_adjtimex() -> None:
     assert ClockState(False, None).error_estimate() == UNKNOWN_ERROR
     cache = ClockSyncCache(ttl=60)
     assert cache.error_estimate_word() == int.from_bytes(cache.error_estimate().encode(), "big")
+
+
+def test_server_octets_lead_the_padding(sender: SessionSender) -> None:
+    """RFC 6038: non-zero Server Octets from Accept-Session start the Packet Padding of every packet."""
+    scripted = ScriptedReflector(SecurityMode.UNAUTHENTICATED, None, lambda p, _r: [scripted.reply(p)])
+    try:
+        params = dataclasses.replace(
+            _params(sender, scripted.port, SecurityMode.UNAUTHENTICATED, None), server_octets=b"\x12\x34"
+        )
+        assert sender.run(params, count=3, interval=0.0, reply_timeout=WAIT).received == 3
+    finally:
+        scripted.close()
+    assert [p.padding[:2] for p in scripted.seen] == [b"\x12\x34"] * 3
+    assert all(len(p.padding) == 30 for p in scripted.seen)

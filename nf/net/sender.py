@@ -198,8 +198,9 @@ class SessionSender:
         destination = (params.reflector_address, params.reflector_port)
         expected = self._expected_source(params)
         padding = bytearray(random_bytes(params.padding_length)) if params.padding_length else bytearray()
-        if params.reflect_octets and len(padding) >= len(params.server_octets):
-            # RFC 6038: the Server Octets from Accept-Session lead the padding the reflector echoes back.
+        if any(params.server_octets) and len(padding) >= len(params.server_octets):
+            # RFC 6038: non-zero Server Octets from Accept-Session lead the Packet Padding (after the 27 MBZ
+            # octets of the Symmetrical Size layout), where the reflector can read and reflect them.
             padding[: len(params.server_octets)] = params.server_octets
         padding_bytes = bytes(padding)
         offsets = self._offsets(count, interval, schedule, seed)
