@@ -14,6 +14,7 @@ COMMANDS = {
     "ping": "ping",
     "ike-check": "ike_check",
     "demo": "demo",
+    "run": "run",
 }
 
 
