@@ -1,0 +1,262 @@
+"""edit-config (RFC 6241 section 7.2) on an lxml datastore tree: merge, replace, create, delete, remove.
+
+The edit runs on a copy of the target; the caller validates the result with libyang and swaps it in only
+when everything (validation, NACM, the runtime) accepted it, which is what makes rollback-on-error free.
+Every effective change is reported as a `Change` so NACM can check write access node by node.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+from lxml import etree
+
+from nf_netconf.errors import Reason, RpcError, invalid_value, unknown_element
+from nf_netconf.schema import NodeInfo, Schema
+
+NC_NS = "urn:ietf:params:xml:ns:netconf:base:1.0"
+OPERATION = f"{{{NC_NS}}}operation"
+OPERATIONS = frozenset({"merge", "replace", "create", "delete", "remove"})
+DEFAULT_OPERATIONS = frozenset({"merge", "replace", "none"})
+
+
+@dataclass(frozen=True)
+class Change:
+    """One node created, updated or deleted by an edit; `path` is its data path without predicates."""
+
+    op: str  # create | update | delete
+    info: NodeInfo
+    instance: str  # the instance path with key predicates, for error-path
+
+
+def apply_edit(data: etree._Element, config: etree._Element, schema: Schema, default_op: str) -> list[Change]:
+    """Apply the children of `config` to the children of `data` in place; return the changes made."""
+    if default_op not in DEFAULT_OPERATIONS:
+        raise invalid_value(f"default-operation must be one of {', '.join(sorted(DEFAULT_OPERATIONS))}")
+    changes: list[Change] = []
+    _Editor(schema, changes).children(data, config, None, "", default_op)
+    return changes
+
+
+def _local(tag: str) -> str:
+    return tag.rpartition("}")[2]
+
+
+class _Editor:
+    def __init__(self, schema: Schema, changes: list[Change]) -> None:
+        self.schema = schema
+        self.changes = changes
+
+    def children(
+        self, target: etree._Element, edit: etree._Element, parent: NodeInfo | None, parent_inst: str, op: str
+    ) -> None:
+        for element in edit:
+            if not isinstance(element.tag, str):
+                continue
+            info = self.schema.lookup(parent, element.tag)
+            if info is None:
+                raise unknown_element(
+                    _local(element.tag),
+                    f"unknown element {_local(element.tag)!r}"
+                    + (f" in {parent.path}" if parent else " (no such top-level node in the served modules)"),
+                    path=parent_inst or None,
+                )
+            if parent is not None and parent.kind == "list" and element.tag in parent.keys:
+                continue  # a key identifies its entry; it cannot be edited on its own
+            own = element.get(OPERATION)
+            if own is not None and own not in OPERATIONS:
+                raise RpcError(
+                    "bad-attribute",
+                    f"unknown operation {own!r}",
+                    reason=Reason.INVALID_VALUE,
+                    error_type="rpc",
+                    info={"bad-attribute": "operation", "bad-element": info.name},
+                )
+            inst = parent_inst + "/" + self._step(parent, info, element)
+            if not info.config:
+                raise invalid_value(f"{info.path} is state data (config false) and cannot be edited", inst)
+            self.node(target, element, info, inst, own or op)
+
+    def _step(self, parent: NodeInfo | None, info: NodeInfo, element: etree._Element) -> str:
+        step = (
+            info.name if parent is not None and parent.module == info.module else f"{info.module}:{info.name}"
+        )
+        if info.kind == "list":
+            for key in info.keys:
+                value = element.findtext(key)
+                if value is None:
+                    raise RpcError(
+                        "missing-element",
+                        f"list entry {info.path} needs its key {_local(key)!r}",
+                        reason=Reason.MISSING_ELEMENT,
+                        info={"bad-element": _local(key)},
+                    )
+                step += f"[{_local(key)}={_quote(value.strip())}]"
+        elif info.kind == "leaf-list":
+            step += f"[.={_quote((element.text or '').strip())}]"
+        return step
+
+    def _find(self, target: etree._Element, element: etree._Element, info: NodeInfo) -> etree._Element | None:
+        for candidate in target.iterchildren(element.tag):
+            if info.kind == "list":
+                if all(
+                    (candidate.findtext(key) or "").strip() == (element.findtext(key) or "").strip()
+                    for key in info.keys
+                ):
+                    return candidate
+            elif info.kind == "leaf-list":
+                if (candidate.text or "").strip() == (element.text or "").strip():
+                    return candidate
+            else:
+                return candidate
+        return None
+
+    def node(
+        self, target: etree._Element, element: etree._Element, info: NodeInfo, inst: str, op: str
+    ) -> None:
+        existing = self._find(target, element, info)
+        if op == "create":
+            if existing is not None:
+                raise RpcError("data-exists", f"{inst} already exists", reason=Reason.DATA_EXISTS, path=inst)
+            self._insert(target, element, info, inst, "create")
+        elif op == "delete":
+            if existing is None:
+                raise RpcError(
+                    "data-missing", f"{inst} does not exist", reason=Reason.DATA_MISSING, path=inst
+                )
+            self._remove(target, existing, info, inst)
+        elif op == "remove":
+            if existing is not None:
+                self._remove(target, existing, info, inst)
+        elif op == "replace":
+            if existing is not None:
+                self._remove(target, existing, info, inst, record=False)
+            self._insert(target, element, info, inst, "update" if existing is not None else "create")
+        elif op == "merge":
+            if info.kind in ("leaf", "anydata"):
+                if existing is None:
+                    self._insert(target, element, info, inst, "create")
+                elif _text(existing) != _text(element) or info.kind == "anydata":
+                    self._remove(target, existing, info, inst, record=False)
+                    self._insert(target, element, info, inst, "update")
+            elif info.kind == "leaf-list":
+                if existing is None:
+                    self._insert(target, element, info, inst, "create")
+            else:
+                if existing is None:
+                    existing = self._skeleton(target, element, info, inst)
+                self.children(existing, element, info, inst, "merge")
+        else:  # none: descend without changing, unless an operation below asks for a change
+            if info.kind in ("leaf", "leaf-list", "anydata"):
+                return
+            if existing is None:
+                if not _creates(element):
+                    if _deletes(element):
+                        raise RpcError(
+                            "data-missing", f"{inst} does not exist", reason=Reason.DATA_MISSING, path=inst
+                        )
+                    return
+                existing = self._skeleton(target, element, info, inst)
+            self.children(existing, element, info, inst, "none")
+
+    def _skeleton(
+        self, target: etree._Element, element: etree._Element, info: NodeInfo, inst: str
+    ) -> etree._Element:
+        node = etree.SubElement(target, element.tag)
+        for key in info.keys:
+            etree.SubElement(node, key).text = (element.findtext(key) or "").strip()
+        self.changes.append(Change("create", info, inst))
+        return node
+
+    def _insert(
+        self, target: etree._Element, element: etree._Element, info: NodeInfo, inst: str, change: str
+    ) -> None:
+        node = _clean_copy(element)
+        target.append(node)
+        self._record_subtree(node, info, inst, change)
+
+    def _remove(
+        self,
+        target: etree._Element,
+        existing: etree._Element,
+        info: NodeInfo,
+        inst: str,
+        *,
+        record: bool = True,
+    ) -> None:
+        target.remove(existing)
+        if record:
+            self._record_subtree(existing, info, inst, "delete")
+
+    def _record_subtree(self, node: etree._Element, info: NodeInfo, inst: str, change: str) -> None:
+        self.changes.append(Change(change, info, inst))
+        for child in node:
+            if not isinstance(child.tag, str):
+                continue
+            child_info = info.child(child.tag)
+            if child_info is None:
+                raise unknown_element(
+                    _local(child.tag), f"unknown element {_local(child.tag)!r} in {info.path}", path=inst
+                )
+            if not child_info.config:
+                raise invalid_value(
+                    f"{child_info.path} is state data (config false) and cannot be edited", inst
+                )
+            if info.kind == "list" and child.tag in info.keys:
+                continue
+            child_inst = inst + "/" + self._step(info, child_info, child)
+            self._record_subtree(child, child_info, child_inst, "create" if change == "update" else change)
+
+
+def _text(element: etree._Element) -> str:
+    return (element.text or "").strip()
+
+
+def _quote(value: str) -> str:
+    return f'"{value}"' if "'" in value else f"'{value}'"
+
+
+def _creates(element: etree._Element) -> bool:
+    return any(el.get(OPERATION) in ("create", "merge", "replace") for el in element.iter())
+
+
+def _deletes(element: etree._Element) -> bool:
+    return any(el.get(OPERATION) == "delete" for el in element.iter())
+
+
+def _clean_copy(element: etree._Element) -> etree._Element:
+    """A copy to insert: nested delete/remove make no sense inside new data and are dropped."""
+    node = copy.deepcopy(element)
+    for el in list(node.iter()):
+        if el is not node and el.get(OPERATION) in ("delete", "remove"):
+            parent = el.getparent()
+            if parent is not None:
+                parent.remove(el)
+    for el in node.iter():
+        if OPERATION in el.attrib:
+            del el.attrib[OPERATION]
+    etree.cleanup_namespaces(node)
+    return node
+
+
+def merge_tree(data: etree._Element, roots: list[etree._Element], schema: Schema) -> None:
+    """Merge state roots (from the runtime) into a copy of the running config; list entries match by key."""
+
+    def merge(target: etree._Element, element: etree._Element, info: NodeInfo | None) -> None:
+        existing = None
+        if info is not None:
+            existing = _Editor(schema, [])._find(target, element, info)
+        if existing is None or info is None or info.kind in ("leaf", "leaf-list", "anydata"):
+            if existing is None:
+                target.append(copy.deepcopy(element))
+            return
+        for child in element:
+            if not isinstance(child.tag, str):
+                continue
+            if info.kind == "list" and child.tag in info.keys:
+                continue
+            merge(existing, child, info.child(child.tag))
+
+    for root in roots:
+        merge(data, root, schema.lookup(None, root.tag))

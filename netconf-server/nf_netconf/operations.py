@@ -1,0 +1,258 @@
+"""The NETCONF operations (RFC 6241 section 7, RFC 5277 create-subscription): parameter checks and dispatch.
+
+Each handler takes the session and the operation element and returns the reply body; errors are RpcError.
+NACM exec rights are checked before any handler runs.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from lxml import etree
+
+from nf_netconf.datastore import ERROR_OPTIONS, TARGETS, TEST_OPTIONS, Datastores, runtime_error
+from nf_netconf.edit import DEFAULT_OPERATIONS, merge_tree
+from nf_netconf.errors import NC_NS, Reason, RpcError, bad_element, invalid_value, missing_element
+from nf_netconf.filters import apply_filter
+from nf_netconf.nacm import Nacm
+from nf_netconf.notifications import NOTIF_NS, NotificationHub
+from nf_netconf.runtime_link import RuntimeLink, RuntimeRefused, RuntimeUnavailable
+from nf_netconf.schema import Schema
+
+if TYPE_CHECKING:
+    from nf_netconf.session import Session
+
+Handler = Callable[["Session", etree._Element], etree._Element]
+
+NC_MODULE = "ietf-netconf"
+NOTIF_MODULE = "notifications"
+
+
+def _ok() -> etree._Element:
+    return etree.Element(f"{{{NC_NS}}}ok", nsmap={None: NC_NS})
+
+
+def _params(op: etree._Element, allowed: set[str], ns: str = NC_NS) -> dict[str, etree._Element]:
+    params: dict[str, etree._Element] = {}
+    for child in op:
+        if not isinstance(child.tag, str):
+            continue
+        qname = etree.QName(child)
+        if qname.namespace != ns or qname.localname not in allowed:
+            raise RpcError(
+                "unknown-element",
+                f"unknown parameter {qname.localname!r} of {etree.QName(op).localname}",
+                reason=Reason.UNKNOWN_ELEMENT,
+                error_type="protocol",
+                info={"bad-element": qname.localname},
+            )
+        if qname.localname in params:
+            raise bad_element(qname.localname, f"parameter {qname.localname!r} given twice")
+        params[qname.localname] = child
+    return params
+
+
+def _datastore_name(param: etree._Element, allowed: tuple[str, ...]) -> str:
+    names: list[str] = [etree.QName(c).localname for c in param if isinstance(c.tag, str)]
+    if len(names) != 1 or names[0] not in allowed:
+        raise bad_element(
+            etree.QName(param).localname,
+            f"{etree.QName(param).localname} must name one of: {', '.join(allowed)}",
+        )
+    return str(names[0])
+
+
+def _text_option(params: dict[str, etree._Element], name: str, allowed: frozenset[str], default: str) -> str:
+    if name not in params:
+        return default
+    value = (params[name].text or "").strip()
+    if value not in allowed:
+        raise RpcError(
+            "invalid-value",
+            f"{name} must be one of {', '.join(sorted(allowed))}",
+            reason=Reason.INVALID_VALUE,
+            error_type="protocol",
+        )
+    return value
+
+
+class Operations:
+    def __init__(
+        self,
+        schema: Schema,
+        datastores: Datastores,
+        runtime: RuntimeLink,
+        nacm: Nacm,
+        hub: NotificationHub,
+        kill: Callable[[int], bool],
+    ) -> None:
+        self.schema = schema
+        self.datastores = datastores
+        self.runtime = runtime
+        self.nacm = nacm
+        self.hub = hub
+        self.kill = kill
+        self.handlers: dict[tuple[str, str], tuple[str, Handler]] = {
+            (NC_NS, "get"): (NC_MODULE, self.get),
+            (NC_NS, "get-config"): (NC_MODULE, self.get_config),
+            (NC_NS, "edit-config"): (NC_MODULE, self.edit_config),
+            (NC_NS, "copy-config"): (NC_MODULE, self.copy_config),
+            (NC_NS, "lock"): (NC_MODULE, self.lock),
+            (NC_NS, "unlock"): (NC_MODULE, self.unlock),
+            (NC_NS, "commit"): (NC_MODULE, self.commit),
+            (NC_NS, "discard-changes"): (NC_MODULE, self.discard_changes),
+            (NC_NS, "validate"): (NC_MODULE, self.validate),
+            (NC_NS, "close-session"): (NC_MODULE, self.close_session),
+            (NC_NS, "kill-session"): (NC_MODULE, self.kill_session),
+            (NOTIF_NS, "create-subscription"): (NOTIF_MODULE, self.create_subscription),
+        }
+
+    def dispatch(self, session: Session, op: etree._Element) -> etree._Element:
+        qname = etree.QName(op)
+        entry = self.handlers.get((qname.namespace or "", qname.localname))
+        if entry is None:
+            raise RpcError(
+                "operation-not-supported",
+                f"operation {qname.localname!r} is not supported",
+                reason=Reason.UNKNOWN_OPERATION,
+                error_type="protocol",
+            )
+        module, handler = entry
+        if not self.nacm.may_exec(session.groups, module, qname.localname):
+            raise RpcError(
+                "access-denied",
+                f"{qname.localname} is not permitted",
+                reason=Reason.ACCESS_DENIED,
+                error_type="protocol",
+            )
+        return handler(session, op)
+
+    # ----------------------------------------------------------------------------------------------------
+    # reading
+    # ----------------------------------------------------------------------------------------------------
+
+    def _reply_data(
+        self, session: Session, data: etree._Element, filter_el: etree._Element | None
+    ) -> etree._Element:
+        self.nacm.prune_read(data, session.groups, self.schema)
+        selected = apply_filter(data, filter_el, self.schema)
+        out = etree.Element(f"{{{NC_NS}}}data", nsmap={None: NC_NS})
+        out.extend(list(selected))
+        return out
+
+    def get_config(self, session: Session, op: etree._Element) -> etree._Element:
+        params = _params(op, {"source", "filter", "with-defaults"})
+        if "source" not in params:
+            raise missing_element("source", "get-config needs a source")
+        source = _datastore_name(params["source"], TARGETS)
+        return self._reply_data(session, self.datastores.snapshot(source), params.get("filter"))
+
+    def get(self, session: Session, op: etree._Element) -> etree._Element:
+        params = _params(op, {"filter", "with-defaults"})
+        data = self.datastores.snapshot("running")
+        try:
+            state = self.runtime.get_state()
+        except (RuntimeRefused, RuntimeUnavailable) as exc:
+            raise runtime_error(exc) from None
+        merge_tree(data, self.schema.state_to_xml(state), self.schema)
+        return self._reply_data(session, data, params.get("filter"))
+
+    # ----------------------------------------------------------------------------------------------------
+    # changing
+    # ----------------------------------------------------------------------------------------------------
+
+    def edit_config(self, session: Session, op: etree._Element) -> etree._Element:
+        params = _params(op, {"target", "default-operation", "test-option", "error-option", "config", "url"})
+        if "target" not in params:
+            raise missing_element("target", "edit-config needs a target")
+        if "url" in params:
+            raise RpcError(
+                "operation-not-supported",
+                ":url is not supported",
+                reason=Reason.UNKNOWN_OPERATION,
+                error_type="protocol",
+            )
+        if "config" not in params:
+            raise missing_element("config", "edit-config needs a config")
+        target = _datastore_name(params["target"], TARGETS)
+        default_op = _text_option(params, "default-operation", DEFAULT_OPERATIONS, "merge")
+        test_option = _text_option(params, "test-option", TEST_OPTIONS, "test-then-set")
+        _text_option(params, "error-option", ERROR_OPTIONS, "stop-on-error")
+        self.datastores.edit(session.sid, session.groups, target, params["config"], default_op, test_option)
+        return _ok()
+
+    def _source_data(self, param: etree._Element) -> etree._Element:
+        children = [c for c in param if isinstance(c.tag, str)]
+        if len(children) == 1 and etree.QName(children[0]).localname == "config":
+            return copy.deepcopy(children[0])
+        name = _datastore_name(param, (*TARGETS, "config"))
+        return self.datastores.snapshot(name)
+
+    def copy_config(self, session: Session, op: etree._Element) -> etree._Element:
+        params = _params(op, {"target", "source", "with-defaults"})
+        for needed in ("target", "source"):
+            if needed not in params:
+                raise missing_element(needed, f"copy-config needs a {needed}")
+        target = _datastore_name(params["target"], TARGETS)
+        source = self._source_data(params["source"])
+        self.datastores.replace(session.sid, session.groups, target, source)
+        return _ok()
+
+    def commit(self, session: Session, op: etree._Element) -> etree._Element:
+        _params(op, set())
+        self.datastores.commit(session.sid)
+        return _ok()
+
+    def discard_changes(self, session: Session, op: etree._Element) -> etree._Element:
+        _params(op, set())
+        self.datastores.discard_changes(session.sid)
+        return _ok()
+
+    def validate(self, session: Session, op: etree._Element) -> etree._Element:
+        params = _params(op, {"source"})
+        if "source" not in params:
+            raise missing_element("source", "validate needs a source")
+        self.datastores.validate(self._source_data(params["source"]))
+        return _ok()
+
+    def lock(self, session: Session, op: etree._Element) -> etree._Element:
+        params = _params(op, {"target"})
+        if "target" not in params:
+            raise missing_element("target", "lock needs a target")
+        self.datastores.lock(_datastore_name(params["target"], TARGETS), session.sid)
+        return _ok()
+
+    def unlock(self, session: Session, op: etree._Element) -> etree._Element:
+        params = _params(op, {"target"})
+        if "target" not in params:
+            raise missing_element("target", "unlock needs a target")
+        self.datastores.unlock(_datastore_name(params["target"], TARGETS), session.sid)
+        return _ok()
+
+    # ----------------------------------------------------------------------------------------------------
+    # sessions and notifications
+    # ----------------------------------------------------------------------------------------------------
+
+    def close_session(self, session: Session, op: etree._Element) -> etree._Element:
+        _params(op, set())
+        return _ok()  # the session closes itself after sending this reply
+
+    def kill_session(self, session: Session, op: etree._Element) -> etree._Element:
+        params = _params(op, {"session-id"})
+        if "session-id" not in params:
+            raise missing_element("session-id", "kill-session needs a session-id")
+        text = (params["session-id"].text or "").strip()
+        if not text.isdigit():
+            raise invalid_value("session-id must be a number")
+        victim = int(text)
+        if victim == session.sid:
+            raise invalid_value("a session cannot kill itself; use close-session")
+        if not self.kill(victim):
+            raise invalid_value(f"no session {victim}")
+        return _ok()
+
+    def create_subscription(self, session: Session, op: etree._Element) -> etree._Element:
+        self.hub.subscribe(session, op)
+        return _ok()

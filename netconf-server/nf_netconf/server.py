@@ -1,0 +1,166 @@
+"""The NETCONF server process: wires the SSH listener, sessions, datastores, NACM, notifications and the
+runtime link together, and owns their lifecycle."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lxml import etree
+
+from nf.net.rate_limited_log import RateLimitedLog
+from nf_netconf.datastore import Datastores
+from nf_netconf.errors import Counters, Reason
+from nf_netconf.notifications import NotificationHub
+from nf_netconf.operations import Operations
+from nf_netconf.runtime_link import EventStream, RuntimeLink
+from nf_netconf.schema import DEFAULT_MODULES, Schema
+from nf_netconf.ssh import AuthController, BoundSSHServer, load_or_create_host_key
+from nf_netconf.users import load_users
+
+if TYPE_CHECKING:
+    from nf_netconf.session import Session
+
+log = logging.getLogger(__name__)
+
+CAPABILITIES = (
+    "urn:ietf:params:netconf:capability:writable-running:1.0",
+    "urn:ietf:params:netconf:capability:candidate:1.0",
+    "urn:ietf:params:netconf:capability:validate:1.1",
+    "urn:ietf:params:netconf:capability:rollback-on-error:1.0",
+    "urn:ietf:params:netconf:capability:xpath:1.0",
+    "urn:ietf:params:netconf:capability:notification:1.0",
+    "urn:ietf:params:netconf:capability:interleave:1.0",
+)
+DEFAULT_MAX_MESSAGE = 4 * 1024 * 1024
+
+
+def default_yang_dirs() -> list[str]:
+    """The repository's yang/ and pyang's bundled IETF modules (docs/yang.md: imported, never copied)."""
+    here = Path(__file__).resolve()
+    return [str(here.parents[2] / "yang"), str(Path(sys.prefix) / "share" / "yang" / "modules" / "ietf")]
+
+
+@dataclass
+class ServerConfig:
+    host: str
+    port: int
+    runtime_socket: str
+    host_key: str
+    users_file: str
+    yang_dirs: tuple[str, ...] = ()
+    max_sessions: int = 16
+    max_ssh_connections: int = 0  # 0: twice max_sessions
+    max_message_size: int = DEFAULT_MAX_MESSAGE
+    runtime_timeout: float = 30.0
+
+
+class NetconfApp:
+    def __init__(self, config: ServerConfig) -> None:
+        if config.max_sessions < 1 or config.max_message_size < 1024:
+            raise ValueError("max_sessions must be at least 1 and max_message_size at least 1024")
+        self.config = config
+        self.users, self.nacm = load_users(Path(config.users_file).read_text())
+        self.counters = Counters()
+        self.bad_input_log = RateLimitedLog(log)
+        self.schema = Schema(config.yang_dirs or default_yang_dirs(), DEFAULT_MODULES)
+        self.runtime = RuntimeLink(config.runtime_socket, config.runtime_timeout)
+        self.datastores = Datastores(self.schema, self.runtime, self.nacm)
+        self.hub = NotificationHub(self.schema)
+        self.operations = Operations(
+            self.schema, self.datastores, self.runtime, self.nacm, self.hub, self.kill
+        )
+        self.events = EventStream(config.runtime_socket, self._on_event)
+        self._sessions: dict[int, Session] = {}
+        self._sessions_lock = threading.Lock()
+        self.ssh: BoundSSHServer | None = None
+
+    # lifecycle ------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        from nf_netconf.session import Session
+
+        host_key = load_or_create_host_key(self.config.host_key)
+        self.events.start()
+        self.ssh = BoundSSHServer(
+            AuthController(self.users, self.counters),
+            self,
+            Session,
+            self.config.host,
+            self.config.port,
+            host_key,
+            self.config.max_ssh_connections or 2 * self.config.max_sessions,
+            self.counters,
+            self,
+        )
+        log.info("NETCONF over SSH listening on %s", self.ssh.address)
+
+    @property
+    def port(self) -> int:
+        assert self.ssh is not None
+        return int(self.ssh.port)
+
+    def stop(self) -> None:
+        if self.ssh is not None:
+            self.ssh.stop()
+        with self._sessions_lock:
+            sessions = list(self._sessions.values())
+        for session in sessions:
+            session.close()
+        self.events.stop()
+        self.runtime.close()
+
+    # sessions ---------------------------------------------------------------------------------------------
+
+    def groups_of(self, username: str) -> frozenset[str]:
+        user = self.users.get(username)
+        return user.groups if user is not None else frozenset()
+
+    def register(self, session: Session) -> bool:
+        with self._sessions_lock:
+            if len(self._sessions) >= self.config.max_sessions:
+                self.counters.count(Reason.SESSION_LIMIT)
+                return False
+            self._sessions[session.sid] = session
+            return True
+
+    def unregister(self, session: Session) -> None:
+        with self._sessions_lock:
+            self._sessions.pop(session.sid, None)
+        self.hub.unsubscribe(session)
+        self.datastores.session_closed(session.sid)
+
+    def session_count(self) -> int:
+        with self._sessions_lock:
+            return len(self._sessions)
+
+    def kill(self, sid: int) -> bool:
+        with self._sessions_lock:
+            session = self._sessions.get(sid)
+        if session is None:
+            return False
+        session.close()
+        return True
+
+    def dispatch(self, session: Session, op: etree._Element) -> etree._Element:
+        return self.operations.dispatch(session, op)
+
+    # the netconf library's hooks ------------------------------------------------------------------------
+
+    def nc_append_capabilities(self, capabilities: Any) -> None:
+        for uri in CAPABILITIES:
+            etree.SubElement(capabilities, "capability").text = uri
+        for module, ns in self.schema.namespaces.items():
+            uri = f"{ns}?module={module}"
+            if module in self.schema.revisions:
+                uri += f"&revision={self.schema.revisions[module]}"
+            if self.schema.features.get(module):
+                uri += "&features=" + ",".join(self.schema.features[module])
+            etree.SubElement(capabilities, "capability").text = uri
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        self.hub.publish(event)
