@@ -15,6 +15,7 @@ COMMANDS = {
     "ike-check": "ike_check",
     "demo": "demo",
     "run": "run",
+    "netconf": "netconf",
 }
 
 
