@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,6 +31,7 @@ from nf.net.control_connector import ControlClientError, ControlConnection
 from nf.twamp.control_events import ControlFailure
 from nf.twamp.keysource import SharedSecret
 from nf.twamp.modes import Accept, Modes
+from tests.conftest import tshark
 from tests.strongswan_peer import CharonPKI, make_pki
 from tests.test_binding_rig import (
     CLIENT_ID,
@@ -391,3 +396,89 @@ def test_accept_6_makes_the_client_initiate_a_fresh_sa() -> None:
             await rig.close()
 
     run(scenario())
+
+
+def _wait_until_capturing(pcap: Path, probe: socket.socket, port: int) -> None:
+    """dumpcap's filter goes live slightly after it announces itself: probe with UDP datagrams to a port of
+    our own until one shows up in the file."""
+    for _ in range(600):
+        probe.sendto(b"probe", ("127.0.0.1", port))
+        if pcap.exists() and tshark(["-r", str(pcap), "-Y", f"udp.port == {port}"]).strip():
+            return
+        time.sleep(0.05)
+    raise AssertionError("the capture never saw a probe datagram")
+
+
+def _fields(pcap: Path, decode: list[str], display: str, names: list[str]) -> list[dict[str, str]]:
+    args = ["-r", str(pcap), "-Y", display, "-T", "fields", "-E", "separator=|", "-E", "occurrence=f"]
+    for rule in decode:
+        args += ["-d", rule]
+    for name in names:
+        args += ["-e", name]
+    rows = []
+    for line in tshark(args).splitlines():
+        rows.append({n: v for n, v in zip(names, line.split("|"), strict=True) if v})
+    return rows
+
+
+@pytest.mark.tshark
+def test_wireshark_sees_the_ike_header_spis_as_the_key_id(capture: Any) -> None:
+    """Independent dissectors: Wireshark's ISAKMP SPIs of our IKE SA lead the TWAMP Key ID of Mode 130
+    (R15), and the Server-Start carries Accept 0; unknown SPIs get Accept 6 (R18)."""
+    found: dict[str, Any] = {}
+
+    async def scenario() -> None:
+        rig = await psk_rig()
+        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            probe.bind(("127.0.0.1", 0))
+            probe_port = probe.getsockname()[1]
+            ike = (rig.client_ike.local[1], rig.server_ike.local[1])
+            ports = f"tcp port {rig.port} or udp port {ike[0]} or udp port {ike[1]} or udp port {probe_port}"
+            cap = await asyncio.to_thread(capture, ports)
+            await asyncio.to_thread(_wait_until_capturing, cap.path, probe, probe_port)
+            binding = rig.client_binding()
+            await establish(rig)
+            keying = await binding.keying()
+            assert keying is not None
+            connection = await rig.connect(keying, (IKEV2_AUTH,))
+            try:
+                await setup(connection)
+            finally:
+                await connection.close()
+            stranger = SAKeying((os.urandom(8), os.urandom(8)), SharedSecret(os.urandom(20)))
+            refused = await rig.connect(stranger, (IKEV2_AUTH,))
+            try:
+                with pytest.raises(ControlClientError):
+                    await setup(refused)
+            finally:
+                await refused.close()
+            found.update(pcap=await asyncio.to_thread(cap.stop), keying=keying, stranger=stranger)
+            found.update(ike=ike, port=rig.port)
+        finally:
+            probe.close()
+            await rig.close()
+
+    run(scenario())
+    pcap, keying, stranger = found["pcap"], found["keying"], found["stranger"]
+    # off port 500 our endpoint frames IKE as on port 4500 (non-ESP marker): Wireshark's udpencap reads that
+    ike_rows = _fields(
+        pcap, [f"udp.port=={p},udpencap" for p in found["ike"]], "isakmp", ["isakmp.ispi", "isakmp.rspi"]
+    )
+    header_spis = {(bytes.fromhex(r["isakmp.ispi"]), bytes.fromhex(r["isakmp.rspi"])) for r in ike_rows}
+    assert keying.spis in header_spis  # the SPIs as carried in the IKE headers, initiator's first (Q4)
+    rows = _fields(
+        pcap,
+        [f"tcp.port=={found['port']},twamp.control"],
+        "twamp.control",
+        ["twamp.control.mode", "twamp.control.keyid", "twamp.control.accept"],
+    )
+    setups = [r for r in rows if "twamp.control.mode" in r]
+    assert [int(r["twamp.control.mode"], 0) for r in setups] == [130, 130]
+    # Wireshark 4.0 shows the first 40 octets of the Key ID: SPIi | SPIr, then zeros
+    assert [bytes.fromhex(r["twamp.control.keyid"]) for r in setups] == [
+        keying.key_id.ljust(40, b"\0"),
+        stranger.key_id.ljust(40, b"\0"),
+    ]
+    accepts = [int(r["twamp.control.accept"]) for r in rows if "twamp.control.accept" in r]
+    assert accepts == [0, 6]
