@@ -15,6 +15,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -144,6 +145,76 @@ class RuntimeProcess:
         return self.proc.returncode
 
 
+YANG_MODULES = [
+    str(ROOT / "yang" / f"{m}.yang") for m in ("twamp-nf-twamp", "twamp-nf-ike", "twamp-nf-ike-binding")
+]
+
+
+def yang_search_path() -> str:
+    """pyang's bundled IETF modules (docs/yang.md: imported, never copied)."""
+    found = sorted(Path(sys.prefix).glob("share/yang/modules/ietf"))
+    assert found, "pyang's YANG modules are missing from the venv"
+    return str(found[0])
+
+
+def assert_yang_valid(kind: str, document: dict[str, Any], directory: Path) -> None:
+    """yanglint (libyang) accepts `document` as `kind` (data, notif): the runtime speaks the YANG contract."""
+    path = directory / f"check-{kind}-{time.monotonic_ns()}.json"
+    path.write_text(json.dumps(document))
+    result = subprocess.run(
+        [
+            "yanglint",
+            "-p",
+            str(ROOT / "yang"),
+            "-p",
+            yang_search_path(),
+            "-t",
+            kind,
+            *YANG_MODULES,
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+    )
+    assert result.returncode == 0, f"{json.dumps(document)}\n{result.stderr}"
+
+
+def merged(config: Any, state: Any) -> Any:
+    """Configuration and state as one datastore: list entries joined by their name key."""
+    if isinstance(config, dict) and isinstance(state, dict):
+        result = dict(config)
+        for key, value in state.items():
+            result[key] = merged(config[key], value) if key in config else value
+        return result
+    if isinstance(config, list) and isinstance(state, list):
+        result_list = list(config)
+        for entry in state:
+            index = next(
+                (
+                    i
+                    for i, old in enumerate(result_list)
+                    if isinstance(old, dict)
+                    and isinstance(entry, dict)
+                    and "name" in old
+                    and old.get("name") == entry.get("name")
+                ),
+                None,
+            )
+            if index is None:
+                result_list.append(entry)
+            else:
+                result_list[index] = merged(result_list[index], entry)
+        return result_list
+    return state
+
+
+def assert_events_valid(client: ControlClient, directory: Path) -> None:
+    for event in client.events:
+        assert event["time"].endswith("Z")
+        assert_yang_valid("notif", {event["event"]: event["data"]}, directory)
+
+
 PSK = b"runtime-test-psk-" + os.urandom(12).hex().encode()
 PROPOSAL = {"name": "p1", "encryption": "aes-gcm-16-256", "prf": "hmac-sha2-256", "dh-group": "curve25519"}
 
@@ -270,6 +341,25 @@ def assert_no_secret(*blobs: bytes | bytearray | str) -> None:
         assert PSK not in data and encoded not in data and PSK.hex().encode() not in data
 
 
+def _second_completion(events: ControlClient, session: str) -> dict[str, Any]:
+    """The second test-session-completed of `session` (its first run came before)."""
+    deadline = time.monotonic() + 120
+    while True:
+        found = [
+            e
+            for e in events.events
+            if e["event"] == "twamp-nf-twamp:test-session-completed" and e["data"]["test-session"] == session
+        ]
+        if len(found) >= 2:
+            return found[1]
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, "the changed session did not run again"
+        message = events.read_line(remaining)
+        assert message is not None
+        if "event" in message:
+            events.events.append(message)
+
+
 def test_hello_names_the_modules(tmp_path: Path, runtimes: list[RuntimeProcess]) -> None:
     runtime = RuntimeProcess(tmp_path, "solo")
     runtimes.append(runtime)
@@ -331,7 +421,23 @@ def test_ikev2_keyed_session_between_two_runtimes(tmp_path: Path, runtimes: list
     assert list(state_a) == ["twamp-nf-ike:ike"]
     assert spis in {(s["spi-i"], s["spi-r"]) for s in state_a["twamp-nf-ike:ike"]["ike-sa"]}
 
+    # unchanged configuration is kept (same SA, same session), a changed connection runs again
+    assert config_b.request("apply", config=client_config(ports, "c1", "authenticated ikev2-derived"))["ok"]
+    again = config_b.request("get-state")["state"]
+    assert again["twamp-nf-ike:ike"]["ike-sa"] == sas_b
+    kept = again["twamp-nf-twamp:twamp"]["client"]["ctrl-connection"][0]
+    assert kept["test-session-request"] == connection["test-session-request"]
+    changed = client_config(ports, "c1", "authenticated ikev2-derived", packets=10)
+    assert config_b.request("apply", config=changed)["ok"] is True
+    rerun = _second_completion(events_b, "c1-s1")
+    assert rerun["data"]["results"]["sent"] == "10"
+    assert config_b.request("get-state")["state"]["twamp-nf-ike:ike"]["ike-sa"] == sas_b
+
     assert_no_secret(events_a.raw, events_b.raw, config_a.raw, config_b.raw, a.stderr(), b.stderr())
+    assert_yang_valid("data", merged(changed, config_b.request("get-state")["state"]), tmp_path)
+    assert_yang_valid("data", merged(server_config(ports), config_a.request("get-state")["state"]), tmp_path)
+    assert_events_valid(events_a, tmp_path)
+    assert_events_valid(events_b, tmp_path)
 
 
 def test_unknown_sa_is_refused_with_accept_6_and_notified(
@@ -364,7 +470,9 @@ def test_unknown_sa_is_refused_with_accept_6_and_notified(
     assert failed["data"]["reason"] == "twamp-nf-twamp:control-unknown-sa"
     state_a = a.clients[0].request("get-state")["state"]["twamp-nf-twamp:twamp"]
     counters = {c["reason"]: c["count"] for c in state_a["error-counter"]}
-    assert counters["twamp-nf-twamp:control-unknown-sa"] == "1"
+    assert int(counters["twamp-nf-twamp:control-unknown-sa"]) >= 1
+    assert_events_valid(events_a, tmp_path)
+    assert_events_valid(events_b, tmp_path)
 
 
 def test_failed_apply_keeps_the_old_configuration(tmp_path: Path, runtimes: list[RuntimeProcess]) -> None:
