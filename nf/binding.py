@@ -294,8 +294,9 @@ class ClientBinding:
     def __init__(self, endpoint: SAInitiator, peer: ClientPeer) -> None:
         self._endpoint = endpoint
         self.peer = peer
-        self._current: SPIs | None = None
+        self._sas: list[SPIs] = []  # this peer's SAs, oldest first; the newest usable one is current
         self._refused: set[SPIs] = set()  # SAs a server answered Accept=6 for
+        self._closed = False
         self._waiters: list[asyncio.Future[SPIs]] = []
         self._initiation: asyncio.Task[Established | Failed] | None = None
         self._observers: list[Callable[[KeyingFallback], None]] = []
@@ -304,7 +305,8 @@ class ClientBinding:
         endpoint.add_listener(self._on_event)
 
     def __repr__(self) -> str:
-        current = spis_text(self._current) if self._current else "-"
+        keying = self.current()
+        current = spis_text(keying.spis) if keying is not None else "-"
         return f"ClientBinding({self.peer.name}, {self.peer.policy.value}, current={current})"
 
     def add_observer(self, callback: Callable[[KeyingFallback], None]) -> None:
@@ -320,16 +322,20 @@ class ClientBinding:
         return sa is not None and _same_host(sa.remote[0], self.peer.remote[0])
 
     def _on_event(self, event: Event) -> None:
+        if self._closed:
+            return
         if isinstance(event, Established):
             if self._ours(event):
-                self._current = event.spis
+                self._sas.append(event.spis)
                 self._wake(event.spis)
         elif isinstance(event, Rekeyed):
-            if event.old_spis == self._current:
-                self._current = event.new_spis
+            if event.old_spis in self._sas:  # the successor replaces it and is the newest SA now
+                self._sas.remove(event.old_spis)
+                self._sas.append(event.new_spis)
                 self._wake(event.new_spis)
-        elif isinstance(event, Deleted | Failed) and event.spis == self._current:
-            self._current = None
+        elif isinstance(event, Deleted | Failed) and event.spis in self._sas:
+            self._sas.remove(event.spis)
+            self._refused.discard(event.spis)
 
     def _wake(self, spis: SPIs) -> None:
         waiters, self._waiters = self._waiters, []
@@ -338,13 +344,18 @@ class ClientBinding:
                 future.set_result(spis)
 
     def current(self) -> SAKeying | None:
-        """A snapshot of the current SA, or None when there is no established SA a server accepted."""
-        spis = self._current
-        if spis is None or spis in self._refused:
-            return None
-        sa = self._endpoint.lookup(*spis)
-        secret = _ippm_secret(sa) if sa is not None else None
-        return SAKeying(spis, secret) if secret is not None else None
+        """A snapshot of the newest established SA with the peer that no server refused, or None."""
+        for spis in reversed(self._sas):
+            if spis in self._refused:
+                continue
+            sa = self._endpoint.lookup(*spis)
+            if sa is None:  # gone without an event (e.g. the endpoint dropped it): forget it
+                self._sas.remove(spis)
+                return self.current()
+            secret = _ippm_secret(sa)
+            if secret is not None:
+                return SAKeying(spis, secret)
+        return None
 
     def server_rejected(self, keying: SAKeying) -> None:
         """The server answered Accept=6 for this SA (Q5): new connections no longer use it; the no-SA
@@ -435,6 +446,8 @@ class ClientBinding:
         return keying
 
     def close(self) -> None:
+        """Stops following the endpoint's events and abandons a running initiation."""
+        self._closed = True
         if self._initiation is not None and not self._initiation.done():
             self._initiation.cancel()
         for future in self._waiters:

@@ -261,6 +261,32 @@ def test_deleted_sa_refuses_new_connections_while_the_running_one_finishes() -> 
     run(scenario())
 
 
+def test_newest_sa_is_current_and_an_older_one_takes_over_when_it_goes() -> None:
+    async def scenario() -> None:
+        rig = await psk_rig()
+        try:
+            binding = rig.client_binding(NoSAPolicy.FAIL)
+            first, second = await establish(rig), await establish(rig)
+            keying = await binding.keying()
+            assert keying is not None and keying.spis == second.spis != first.spis
+            newest = rig.client_ike.lookup(*second.spis)
+            assert newest is not None
+            await rig.client_ike.delete(newest)
+            older = await binding.keying()
+            assert older is not None and older.spis == first.spis
+            spis = f"{first.spis[0].hex()}_i/{first.spis[1].hex()}_r"
+            assert repr(binding) == f"ClientBinding(server, fail, current={spis})"
+            connection = await rig.connect(older, (IKEV2_ENC,))
+            try:
+                assert (await setup(connection)).key_id == older.key_id
+            finally:
+                await connection.close()
+        finally:
+            await rig.close()
+
+    run(scenario())
+
+
 def test_no_sa_initiate_and_wait() -> None:
     async def scenario() -> None:
         rig = await psk_rig()
