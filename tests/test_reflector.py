@@ -12,6 +12,7 @@ import pytest
 
 from nf.net.reflector import EndReason, Reflector, ReflectorConfig, SessionCounters, SessionState
 from nf.net.sender import SessionSender
+from nf.net.socket_options import enable_receive_timestamps, enable_receive_ttl, parse_ancillary
 from nf.twamp.modes import SecurityMode
 from nf.twamp.test_keys import TestSessionKeys
 from nf.twamp.test_packets import SenderPacket, TestPacketCodec, ntp_from_unix
@@ -290,8 +291,8 @@ def test_close_joins_threads_and_closes_sockets() -> None:
         reflector.reserve_port("127.0.0.1")
 
 
-def test_dscp_is_applied_per_session(reflector: Reflector) -> None:
-    """The reply leaves with the session's DSCP: checked with IP_RECVTOS on the receiving socket."""
+def test_dscp_and_ttl_of_the_reply(reflector: Reflector) -> None:
+    """The reply leaves with the session's DSCP and TTL 255: read back with IP_RECVTOS / IP_RECVTTL."""
     with SessionSender("127.0.0.1") as sender:
         params = _params(sender, reflector.reserve_port("127.0.0.1"), dscp=46)
         reflector.add_session(params)
@@ -302,6 +303,7 @@ def test_dscp_is_applied_per_session(reflector: Reflector) -> None:
         with sock:
             sock.bind(("127.0.0.1", params.sender_port))
             sock.setsockopt(socket.IPPROTO_IP, 13, 1)  # IP_RECVTOS
+            assert enable_receive_ttl(sock) and enable_receive_timestamps(sock)
             sock.settimeout(WAIT)
             sock.sendto(
                 codec.encode_sender(SenderPacket(0, 0, 1, bytes(30))), ("127.0.0.1", params.reflector_port)
@@ -309,6 +311,9 @@ def test_dscp_is_applied_per_session(reflector: Reflector) -> None:
             _, ancdata, _, _ = sock.recvmsg(2048, 256)
     tos = [data[0] for level, kind, data in ancdata if level == socket.IPPROTO_IP and kind == 1]
     assert tos == [46 << 2]
+    stamp, ttl = parse_ancillary(ancdata)
+    assert ttl == 255
+    assert stamp is not None and abs(stamp - time.time_ns()) < 5_000_000_000  # a kernel receive timestamp
 
 
 def test_realtime_priority_is_applied_to_port_threads_or_reported(caplog: pytest.LogCaptureFixture) -> None:

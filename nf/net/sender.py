@@ -15,7 +15,6 @@ import logging
 import os
 import random
 import socket
-import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -25,9 +24,9 @@ from nf.net.clock_sync import ClockSyncCache
 from nf.net.rate_limited_log import RateLimitedLog
 from nf.net.socket_options import (
     ANCILLARY_SIZE,
-    SCM_TIMESTAMPNS,
     TEST_TTL,
     enable_receive_timestamps,
+    parse_ancillary,
     set_dscp,
     set_receive_buffer,
     set_receive_timeout,
@@ -276,7 +275,6 @@ class SessionSender:
         sock = self._sock
         buf = bytearray(65536)
         view = memoryview(buf)
-        order = sys.byteorder
         highest = -1
         pad_at = codec.reflector_layout.size
         while not state.stop:
@@ -289,13 +287,8 @@ class SessionSender:
                     break
                 self._bad_log.warning("recv", "twamp sender: receive failed: %s", exc)
                 continue
-            stamp = 0
-            for level, kind, data in ancdata:
-                if level == socket.SOL_SOCKET and kind == SCM_TIMESTAMPNS:
-                    stamp = int.from_bytes(data[:8], order) * 1_000_000_000 + int.from_bytes(
-                        data[8:16], order
-                    )
-            if not stamp:
+            stamp, _ttl = parse_ancillary(ancdata)
+            if stamp is None:
                 stamp = time.time_ns()
             if (addr[0], addr[1]) != expected:
                 self._drop(state, ReplyDrop.UNKNOWN_SOURCE, addr, "not the session's reflector")
