@@ -2,7 +2,7 @@
 keyed by a ServerBinding, and a real Control-Client (ControlConnection + SessionSender) keyed by a
 ClientBinding snapshot.
 
-Everything binds 127.0.0.1 on kernel-chosen ports and is closed by `Rig.close()`.
+Everything binds 127.0.0.1 (or ::1) on kernel-chosen ports and is closed by `Rig.close()`.
 """
 
 from __future__ import annotations
@@ -106,15 +106,16 @@ class Rig:
         *,
         allowed: Sequence[str] = (CLIENT_ID,),
         offered: Modes = OFFERED,
+        host: str = "127.0.0.1",
     ) -> Rig:
-        client_ike = await open_ike_endpoint(("127.0.0.1", 0), peers=[client_peer])
-        server_ike = await open_ike_endpoint(("127.0.0.1", 0), peers=[server_peer])
+        client_ike = await open_ike_endpoint((host, 0), peers=[client_peer])
+        server_ike = await open_ike_endpoint((host, 0), peers=[server_peer])
         binding = ServerBinding(server_ike, [Identity.parse(a) for a in allowed])
         config = ServerConfig(modes=offered, key_source=KEYCHAIN, ikev2_key_source=binding, count=1024)
         listener = ControlListener(config, Limits(servwait=60.0, refwait=60.0), Reflector())
-        address = (await listener.listen("127.0.0.1", 0))[0]
+        address = (await listener.listen(host, 0))[0]
         port = int(address.rsplit(":", 1)[1])
-        rig = cls(client_ike, server_ike, client_peer, binding, listener, "127.0.0.1", port)
+        rig = cls(client_ike, server_ike, client_peer, binding, listener, host, port)
         binding.add_observer(rig.unknown.append)
         return rig
 

@@ -54,8 +54,9 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> CharonPKI:
     return make_pki(tmp_path_factory.mktemp("pki"), {CLIENT_ID: "ed25519", SERVER_ID: "ecdsa"})
 
 
-async def psk_rig(allowed: tuple[str, ...] = (CLIENT_ID,)) -> Rig:
-    return await Rig.open(psk_peer(CLIENT_ID, SERVER_ID), psk_peer(SERVER_ID, "%any"), allowed=allowed)
+async def psk_rig(allowed: tuple[str, ...] = (CLIENT_ID,), host: str = "127.0.0.1") -> Rig:
+    client, server = psk_peer(CLIENT_ID, SERVER_ID), psk_peer(SERVER_ID, "%any")
+    return await Rig.open(client, server, allowed=allowed, host=host)
 
 
 async def establish(rig: Rig) -> Established:
@@ -73,12 +74,12 @@ async def gone(rig: Rig, spis: tuple[bytes, bytes]) -> None:
     raise AssertionError("the IKE SA was never deleted on both ends")
 
 
-@pytest.mark.parametrize("auth", ["psk", "cert"])
+@pytest.mark.parametrize("auth", ["psk", "cert", "psk-v6"])
 @pytest.mark.parametrize("mode", [IKEV2_AUTH, IKEV2_ENC, IKEV2_MIXED], ids=["130", "132", "136"])
 def test_ikev2_derived_session_in_every_protected_mode(pki: CharonPKI, auth: str, mode: Modes) -> None:
     async def scenario() -> None:
-        if auth == "psk":
-            rig = await psk_rig()
+        if auth.startswith("psk"):
+            rig = await psk_rig(host="::1" if auth == "psk-v6" else "127.0.0.1")
         else:
             rig = await Rig.open(cert_peer(pki, CLIENT_ID, SERVER_ID), cert_peer(pki, SERVER_ID, "%any"))
         try:
@@ -88,6 +89,7 @@ def test_ikev2_derived_session_in_every_protected_mode(pki: CharonPKI, auth: str
             assert keying is not None and keying.spis == established.spis
             assert keying.key_id == established.spis[0] + established.spis[1]
             connection = await rig.connect(keying, (mode,))
+            assert connection.local == rig.address
             try:
                 done = await setup(connection)
                 assert int(done.mode) == int(mode) and done.key_id == keying.key_id
@@ -190,8 +192,11 @@ def test_rekey_keeps_the_running_connection_and_new_connections_use_new_spis() -
                 await setup(running)
                 sa = rig.client_ike.lookup(*established.spis)
                 assert sa is not None
+                # rekey while a test session of this connection is running
+                during = asyncio.ensure_future(run_test_session(running, count=40))
                 rekeyed = await rig.client_ike.rekey(sa)
                 assert isinstance(rekeyed, Rekeyed) and rekeyed.old_spis == established.spis
+                assert (await during).received == 40
                 await gone(rig, established.spis)
                 # the old SA is gone on both ends; a new connection naming it is refused ...
                 stale = await rig.connect(old, (IKEV2_AUTH,))
@@ -218,6 +223,7 @@ def test_rekey_keeps_the_running_connection_and_new_connections_use_new_spis() -
             finally:
                 await running.close()
             assert rig.server_binding.counters() == {"served": 2, "no-sa": 1}
+            assert rig.listener.counters.sessions["accepted"] == 3
         finally:
             await rig.close()
 
