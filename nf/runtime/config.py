@@ -19,7 +19,7 @@ import hashlib
 import ipaddress
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -305,6 +305,9 @@ def build_plan(config: Any) -> Plan:
     server = None
     if server_node is not None and server_node.boolean("admin-state", True):
         server = _server(server_node, peers)
+        # the listener enforces the reflector's per-session rate and REFWAIT (nf.net.limits.Limits)
+        limits = replace(server.limits, max_pps=reflector.max_pps, refwait=reflector.refwait)
+        server = replace(server, limits=limits)
     client = twamp.child("client")
     sender = twamp.child("session-sender")
     sessions = _sessions(sender, client) if sender is not None and sender.boolean("admin-state", True) else {}

@@ -147,6 +147,7 @@ class Runtime:
         assert server is not None
         reflector = Reflector(_reflector_config(plan.reflector))
         listener = RuntimeListener(config, server.limits, reflector, self.publish, binding)
+        listener.max_test_sessions = plan.reflector.max_sessions
         try:
             addresses = await listener.listen(server.address or "", server.port)  # "" = every address
         except OSError as exc:
@@ -180,6 +181,7 @@ class Runtime:
             current.listener.reconfigure(prepared.server_config, plan.server.limits)
             current.listener.use_binding(prepared.binding)
             current.reflector.config = _reflector_config(plan.reflector)
+            current.listener.max_test_sessions = plan.reflector.max_sessions
             current.plan = plan.server
             return
         if current is not None:

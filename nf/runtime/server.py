@@ -91,6 +91,14 @@ class RuntimeListener(ControlListener):
         self._tracker._limits = limits
         self._refusing = ServerConfig(modes=Modes(0), count=config.count)
 
+    max_test_sessions = 256  # session-reflector/limits/max-test-sessions
+
+    def reflector_port(self, address: str, requested: int) -> int:
+        """Refuses a new test session at max-test-sessions (Accept-Session answers a resource limit)."""
+        if self.reflector.totals().sessions >= self.max_test_sessions:
+            raise RuntimeError("session-reflector max-test-sessions reached")
+        return super().reflector_port(address, requested)
+
     def use_binding(self, binding: ServerBinding | None) -> None:
         """The RFC 7717 key source of a new configuration (already inside the new ServerConfig)."""
         self.binding = binding

@@ -1,0 +1,316 @@
+"""nf.runtime.config: YANG configuration (RFC 7951 JSON) -> runtime plan.
+
+The examples in yang/examples/config are turned into RFC 7951 JSON by yanglint (what the NETCONF server
+sends) and mapped, so the YANG contract and the runtime mapping cannot drift apart. Errors must name the
+offending node and never quote a secret.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from nf.ike.identities import IDType
+from nf.net.limits import Limits
+from nf.net.sender import Schedule
+from nf.runtime.config import ConfigError, Plan, build_plan, modes_to_text, ntp_to_unix, unix_to_ntp
+from nf.twamp.modes import Modes
+from tests.conftest import ROOT
+
+YANG = ROOT / "yang"
+SECRET = b"a-very-secret-value-0123456789"
+
+
+def example(name: str) -> dict[str, Any]:
+    ietf = sorted(Path(sys.prefix).glob("share/yang/modules/ietf"))
+    assert ietf, "pyang's YANG modules are missing from the venv"
+    modules = [str(YANG / f"{m}.yang") for m in ("twamp-nf-twamp", "twamp-nf-ike", "twamp-nf-ike-binding")]
+    result = subprocess.run(
+        [
+            "yanglint",
+            "-p",
+            str(YANG),
+            "-p",
+            str(ietf[0]),
+            "-f",
+            "json",
+            "-t",
+            "config",
+            *modules,
+            str(YANG / "examples" / "config" / name),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    document: dict[str, Any] = json.loads(result.stdout)
+    return document
+
+
+def error_of(config: Any) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        build_plan(config)
+    return info.value
+
+
+def test_client_keychain_example() -> None:
+    plan = build_plan(example("client-keychain.xml"))
+    connection = plan.connections["to-core-1"]
+    assert connection.chain == (Modes.ENCRYPTED, Modes.AUTHENTICATED)
+    assert connection.key_id == "probe-site-a" and connection.key_chain is not None
+    assert connection.key_chain.secret_for(b"probe-site-a") is not None
+    assert (connection.server_address, connection.server_port, connection.dscp) == ("192.0.2.10", 862, 46)
+    assert connection.max_count_exponent == 16
+    assert "ZXhhbXBsZS1zZWNyZXQ" not in repr(plan) and b"example-secret" not in repr(plan).encode()
+
+
+def test_server_examples() -> None:
+    keychain = build_plan(example("server-keychain.xml")).server
+    assert keychain is not None
+    assert keychain.count == 65536 and keychain.dscp == 46
+    assert keychain.modes == Modes.UNAUTHENTICATED | Modes.AUTHENTICATED | Modes.ENCRYPTED
+    assert keychain.limits.max_connections == 128 and keychain.limits.servwait == 600
+    ikev2 = build_plan(example("server-ikev2.xml"))
+    assert ikev2.server is not None and ikev2.ike is not None
+    assert ikev2.server.modes == Modes.AUTHENTICATED | Modes.ENCRYPTED | Modes.IKEV2_DERIVED
+    assert ikev2.server.allowed_peers == ("host-a",)
+    assert ikev2.server.limits.refwait == 300 == ikev2.reflector.refwait  # session-reflector refwait
+    peer = ikev2.ike.peers["host-a"]
+    assert (
+        peer.config.remote_id.id_type == IDType.FQDN and peer.config.remote_id.data == b"host-a.example.net"
+    )
+    assert [p.name for p in peer.config.proposals] == ["aes256gcm16-prfsha384-ecp384"]
+    assert ikev2.ike.listen == ("0.0.0.0", 500)
+
+
+def test_certificate_example_names_the_missing_file() -> None:
+    error = error_of(example("client-ikev2.xml"))
+    assert error.tag == "invalid-value"
+    assert error.path == "/twamp-nf-ike:ike/local-identity[name='host-a']/certificate-file"
+    assert "/etc/twamp-nf/ike/host-a.crt.pem" in error.message
+
+
+def test_twamp_light_is_refused_by_name() -> None:
+    for name, path in (
+        ("session-reflector.xml", "/twamp-nf-twamp:twamp/session-reflector/light-port"),
+        ("session-sender.xml", "/twamp-nf-twamp:twamp/session-sender/test-session[name='light-to-pe']/light"),
+    ):
+        error = error_of(example(name))
+        assert (error.tag, error.path) == ("operation-failed", path)
+
+
+def test_defaults_are_the_yang_defaults() -> None:
+    plan = build_plan({"twamp-nf-twamp:twamp": {"server": {"modes": "unauthenticated"}}})
+    assert plan.server is not None
+    assert (plan.server.port, plan.server.count, plan.server.address) == (862, 32768, None)
+    assert plan.server.limits == Limits()
+    assert plan == build_plan({"twamp-nf-twamp:twamp": {"server": {"modes": "unauthenticated"}}})
+    assert build_plan({}) == Plan()
+
+
+def _client(secret: bytes = SECRET, request: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "twamp-nf-twamp:twamp": {
+            "client": {
+                "mode-preference-chain": [
+                    {"priority": 5, "mode": "unauthenticated"},
+                    {"priority": 1, "mode": "authenticated"},
+                ],
+                "key-chain": [{"key-id": "k1", "secret-key": base64.b64encode(secret).decode()}],
+                "ctrl-connection": [
+                    {
+                        "name": "c",
+                        "server-ip": "2001:db8::1",
+                        "key-id": "k1",
+                        "test-session-request": [
+                            {"name": "r", "reflector-ip": "2001:db8::1", **(request or {})}
+                        ],
+                    }
+                ],
+            },
+            "session-sender": {
+                "test-session": [
+                    {
+                        "name": "s",
+                        "ctrl-connection": "c",
+                        "test-session-request": "r",
+                        "number-of-packets": 100,
+                        "lambda": "0.500000",
+                        "max-interval": "2.000000",
+                    }
+                ]
+            },
+        }
+    }
+
+
+def test_client_session_mapping() -> None:
+    start = "16305987245425590272"  # an NTP timestamp, as RFC 7951 writes uint64
+    plan = build_plan(
+        _client(
+            request={
+                "start-time": start,
+                "padding-length": 100,
+                "reflect-octets": {"octets-to-be-reflected": 10, "length-of-padding-to-reflect": 50},
+            }
+        )
+    )
+    connection = plan.connections["c"]
+    assert connection.chain == (Modes.AUTHENTICATED, Modes.UNAUTHENTICATED)  # by priority
+    (session,) = connection.sessions
+    assert (session.name, session.request_name, session.count) == ("s", "r", 100)
+    assert session.schedule is Schedule.POISSON and session.interval == 0.5 and session.max_interval == 2.0
+    assert (session.octets_to_reflect, session.padding_to_reflect, session.padding_length) == (10, 50, 100)
+    assert session.sender_port == 0 and session.timeout == 2.0  # autoallocate, YANG default
+    assert session.start_time_ntp == int(start) and unix_to_ntp(ntp_to_unix(int(start))) == int(start)
+
+
+def test_fingerprints_follow_the_subtree_and_the_secret() -> None:
+    first = build_plan(_client()).connections["c"].fingerprint
+    assert build_plan(_client()).connections["c"].fingerprint == first
+    assert build_plan(_client(secret=b"another-secret")).connections["c"].fingerprint != first
+    assert build_plan(_client(request={"timeout": 5})).connections["c"].fingerprint != first
+
+
+def test_references_are_checked() -> None:
+    config = _client()
+    config["twamp-nf-twamp:twamp"]["client"]["ctrl-connection"][0]["key-id"] = "nope"
+    error = error_of(config)
+    assert error.path == "/twamp-nf-twamp:twamp/client/ctrl-connection[name='c']/key-id"
+    config = _client()
+    config["twamp-nf-twamp:twamp"]["session-sender"]["test-session"][0]["test-session-request"] = "other"
+    assert error_of(config).path == "/twamp-nf-twamp:twamp/session-sender/test-session[name='s']"
+    config = _client()
+    del config["twamp-nf-twamp:twamp"]["client"]["ctrl-connection"][0]["key-id"]
+    config["twamp-nf-twamp:twamp"]["client"]["mode-preference-chain"].pop(0)
+    error = error_of(config)  # only "authenticated" left, and no key for it
+    assert error.path == "/twamp-nf-twamp:twamp/client/ctrl-connection[name='c']"
+    server: dict[str, Any] = {"twamp-nf-twamp:twamp": {"server": {"modes": "authenticated"}}}
+    assert error_of(server).path == "/twamp-nf-twamp:twamp/server/key-chain"
+    server = {"twamp-nf-twamp:twamp": {"server": {"modes": "unauthenticated", "count": 3000}}}
+    assert error_of(server).path == "/twamp-nf-twamp:twamp/server/count"
+
+
+def test_secrets_are_never_quoted() -> None:
+    short = base64.b64encode(b"short-psk").decode()
+    config = {
+        "twamp-nf-ike:ike": {
+            "local-identity": [{"name": "me", "id-type": "fqdn", "id-value": "me.example", "psk": short}]
+        }
+    }
+    error = error_of(config)
+    assert error.path == "/twamp-nf-ike:ike/local-identity[name='me']/psk"
+    assert short not in str(error) and "short-psk" not in str(error)
+    broken = _client()
+    broken["twamp-nf-twamp:twamp"]["client"]["key-chain"][0]["secret-key"] = "not base64 !" + SECRET.decode()
+    error = error_of(broken)
+    assert error.path == "/twamp-nf-twamp:twamp/client/key-chain[key-id='k1']/secret-key"
+    assert SECRET.decode() not in str(error)
+    assert SECRET.decode() not in repr(build_plan(_client()))
+
+
+def _certificate(directory: Path) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "me.example")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("me.example")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "me.pem", directory / "me.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_path, key_path
+
+
+def _ike_with_files(cert: Path, key: Path, anchor: Path) -> dict[str, Any]:
+    return {
+        "twamp-nf-ike:ike": {
+            "listen-address": ["127.0.0.1"],
+            "listen-port": 4500,
+            "local-identity": [
+                {
+                    "name": "me",
+                    "id-type": "fqdn",
+                    "id-value": "me.example",
+                    "certificate-file": str(cert),
+                    "private-key-file": str(key),
+                }
+            ],
+            "peer": [
+                {
+                    "name": "gw",
+                    "local-identity": "me",
+                    "address": "192.0.2.1",
+                    "remote-identity": {"id-type": "der-asn1-dn", "id-value": "C=CH, O=Example, CN=gw"},
+                    "trust-anchor": [str(anchor)],
+                    "proposal": [
+                        {
+                            "name": "cbc",
+                            "encryption": "aes-cbc-128",
+                            "integrity": "hmac-sha2-256-128",
+                            "prf": "hmac-sha2-256",
+                            "dh-group": "ecp-256",
+                        }
+                    ],
+                    "lifetime": {"rekey-time": 600, "hard-lifetime": 700},
+                    "auto-initiate": True,
+                }
+            ],
+        }
+    }
+
+
+def test_certificate_credentials_are_loaded(tmp_path: Path) -> None:
+    cert, key = _certificate(tmp_path)
+    plan = build_plan(_ike_with_files(cert, key, cert))
+    assert plan.ike is not None and plan.ike.listen == ("127.0.0.1", 4500)
+    peer = plan.ike.peers["gw"]
+    assert peer.config.signer is not None and peer.config.psk is None and len(peer.config.certificates) == 1
+    assert peer.config.remote_id.id_type == IDType.DER_ASN1_DN
+    assert (peer.rekey_time, peer.hard_lifetime, peer.auto_initiate) == (600, 700, True)
+    assert "PRIVATE" not in repr(plan)
+
+    key.write_text("garbage")
+    error = error_of(_ike_with_files(cert, key, cert))
+    assert error.path == "/twamp-nf-ike:ike/local-identity[name='me']/private-key-file"
+    error = error_of(_ike_with_files(cert, tmp_path / "me.key", tmp_path / "missing-ca.pem"))
+    assert error.path in (
+        "/twamp-nf-ike:ike/local-identity[name='me']/private-key-file",
+        "/twamp-nf-ike:ike/peer[name='gw']/trust-anchor",
+    )
+
+
+def test_modes_text_round_trip() -> None:
+    """Every bit name maps to its Modes flag and back (words a keyless server can offer)."""
+    needs_keys = Modes.AUTHENTICATED | Modes.ENCRYPTED | Modes.MIXED | Modes.IKEV2_DERIVED
+    words = [Modes(w) for w in range(256) if w & Modes.UNAUTHENTICATED and not w & needs_keys]
+    assert len(words) == 8
+    for modes in words:
+        plan = build_plan({"twamp-nf-twamp:twamp": {"server": {"modes": modes_to_text(modes)}}})
+        assert plan.server is not None and plan.server.modes == modes
+    assert modes_to_text(Modes(130)) == "authenticated ikev2-derived"
