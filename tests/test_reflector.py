@@ -291,25 +291,29 @@ def test_close_joins_threads_and_closes_sockets() -> None:
         reflector.reserve_port("127.0.0.1")
 
 
-def test_dscp_and_ttl_of_the_reply(reflector: Reflector) -> None:
-    """The reply leaves with the session's DSCP and TTL 255: read back with IP_RECVTOS / IP_RECVTTL."""
-    with SessionSender("127.0.0.1") as sender:
-        params = _params(sender, reflector.reserve_port("127.0.0.1"), dscp=46)
+@pytest.mark.parametrize("host", HOSTS)
+def test_dscp_and_ttl_of_the_reply(reflector: Reflector, host: str) -> None:
+    """The reply leaves with the session's DSCP and TTL / Hop Limit 255, read back as ancillary data."""
+    v6 = ":" in host
+    with SessionSender(host) as sender:
+        params = _params(sender, reflector.reserve_port(host), dscp=46)
         reflector.add_session(params)
         reflector.start_session(params.sid)
         codec = TestPacketCodec(params.mode, None)
         sender.close()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
         with sock:
-            sock.bind(("127.0.0.1", params.sender_port))
-            sock.setsockopt(socket.IPPROTO_IP, 13, 1)  # IP_RECVTOS
+            sock.bind((host, params.sender_port))
+            if v6:
+                sock.setsockopt(socket.IPPROTO_IPV6, 66, 1)  # IPV6_RECVTCLASS
+            else:
+                sock.setsockopt(socket.IPPROTO_IP, 13, 1)  # IP_RECVTOS
             assert enable_receive_ttl(sock) and enable_receive_timestamps(sock)
             sock.settimeout(WAIT)
-            sock.sendto(
-                codec.encode_sender(SenderPacket(0, 0, 1, bytes(30))), ("127.0.0.1", params.reflector_port)
-            )
+            sock.sendto(codec.encode_sender(SenderPacket(0, 0, 1, bytes(30))), (host, params.reflector_port))
             _, ancdata, _, _ = sock.recvmsg(2048, 256)
-    tos = [data[0] for level, kind, data in ancdata if level == socket.IPPROTO_IP and kind == 1]
+    tos_cmsg = (socket.IPPROTO_IPV6, 67) if v6 else (socket.IPPROTO_IP, 1)  # IPV6_TCLASS / IP_TOS
+    tos = [data[0] for level, kind, data in ancdata if (level, kind) == tos_cmsg]
     assert tos == [46 << 2]
     stamp, ttl = parse_ancillary(ancdata)
     assert ttl == 255
