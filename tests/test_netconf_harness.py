@@ -141,8 +141,7 @@ def users_toml(extra: str = "", reader_key: str | None = None) -> str:
         '[nacm]\nread-default = "permit"\nwrite-default = "deny"\n\n'
         '[[nacm.rule]]\ngroups = ["admin"]\naccess = "*"\naction = "permit"\n\n'
         '[[nacm.rule]]\ngroups = ["readers"]\npath = "/twamp-nf-ike:ike"\n'
-        'access = ["read"]\naction = "deny"\n'
-        + extra
+        'access = ["read"]\naction = "deny"\n' + extra
     )
 
 

@@ -114,6 +114,8 @@ class Datastores:
                     path=denied.instance,
                 )
             test_only = test_option == "test-only"
+            if not changes and not test_only:
+                return  # nothing to change: the runtime already runs exactly this
             if target == "running":
                 new = self._apply_running(work, test_only=test_only)
                 if test_only:

@@ -126,48 +126,47 @@ def _select(
 
 
 def xpath(data: etree._Element, select: str, nsmap: dict[str | None, str], schema: Schema) -> etree._Element:
-    """Evaluate `select` with the filter element's prefixes (and module names as prefixes, as a convenience);
-    return each selected node with its ancestors and their list keys."""
+    """Evaluate `select` with the filter element's prefixes (and module names as prefixes, as a convenience)
+    on each top-level tree as its own document; return selected nodes with their ancestors and keys."""
     namespaces = {p: ns for p, ns in nsmap.items() if p}
     for module, ns in schema.namespaces.items():
         namespaces.setdefault(module, ns)
-    doc = copy.deepcopy(data)
+    out = etree.Element(data.tag, nsmap=data.nsmap)
     try:
-        found = doc.xpath(select, namespaces=namespaces)
+        compiled = etree.XPath(select, namespaces=namespaces)
     except etree.XPathError as exc:
         raise invalid_value(f"invalid xpath select expression: {exc}") from None
-    out = etree.Element(data.tag, nsmap=data.nsmap)
-    if not isinstance(found, list):
-        raise bad_element("filter", "the xpath select expression must select nodes")
-    selected: list[etree._Element] = []
-    for item in found:
-        if isinstance(item, etree._Element):
-            node = item
-        elif hasattr(item, "getparent") and item.getparent() is not None:
-            node = item.getparent()  # a text or attribute result selects its element
-        else:
+    for root in data:
+        if not isinstance(root.tag, str):
             continue
-        if node is doc:
-            return copy.deepcopy(data)
-        selected.append(node)
-    _copy_paths(doc, out, selected, schema)
+        tree = etree.ElementTree(copy.deepcopy(root))
+        try:
+            found = compiled(tree)
+        except etree.XPathError as exc:
+            raise invalid_value(f"invalid xpath select expression: {exc}") from None
+        if not isinstance(found, list):
+            raise bad_element("filter", "the xpath select expression must select nodes")
+        selected: list[etree._Element] = []
+        for item in found:
+            if isinstance(item, etree._Element):
+                selected.append(item)
+            elif hasattr(item, "getparent") and item.getparent() is not None:
+                selected.append(item.getparent())  # a text or attribute result selects its element
+        _copy_paths(out, selected, schema)
     return out
 
 
-def _copy_paths(
-    doc: etree._Element, out: etree._Element, selected: list[etree._Element], schema: Schema
-) -> None:
-    clones: dict[etree._Element, etree._Element] = {doc: out}
+def _copy_paths(out: etree._Element, selected: list[etree._Element], schema: Schema) -> None:
+    clones: dict[etree._Element, etree._Element] = {}
     chosen = set(selected)
 
     def clone_of(node: etree._Element) -> etree._Element:
         if node in clones:
             return clones[node]
         parent = node.getparent()
-        assert parent is not None
-        parent_clone = clone_of(parent)
+        parent_clone = out if parent is None else clone_of(parent)
         clone = etree.SubElement(parent_clone, node.tag, nsmap=node.nsmap)
-        info = _info_of(node, doc, schema)
+        info = _info_of(node, schema)
         if info is not None:
             for key in info.keys:
                 key_el = node.find(key)
@@ -180,18 +179,15 @@ def _copy_paths(
         if any(anc in chosen for anc in node.iterancestors()):
             continue
         parent = node.getparent()
-        assert parent is not None
-        parent_clone = clone_of(parent)
+        parent_clone = out if parent is None else clone_of(parent)
         parent_clone.append(copy.deepcopy(node))
         clones[node] = parent_clone[-1]
 
 
-def _info_of(node: etree._Element, doc: etree._Element, schema: Schema) -> NodeInfo | None:
+def _info_of(node: etree._Element, schema: Schema) -> NodeInfo | None:
     chain = [node, *node.iterancestors()]
     info: NodeInfo | None = None
     for el in reversed(chain):
-        if el is doc:
-            continue
         info = schema.lookup(info, el.tag)
         if info is None:
             return None

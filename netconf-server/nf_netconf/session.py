@@ -69,6 +69,7 @@ class Session(netconf.server.NetconfServerSession):  # type: ignore[misc]
         self.app: NetconfApp = server.app
         self.methods = server.server_methods
         transport = channel.get_transport()
+        self._ssh_transport = transport
         self.username: str = transport.get_username() or ""
         peer = transport.getpeername()
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
@@ -87,6 +88,7 @@ class Session(netconf.server.NetconfServerSession):  # type: ignore[misc]
             )
             self._closed = True
             netconf.base.NetconfSession.close(self)
+            transport.close()
             return
         try:
             self._open_session(True)
@@ -113,6 +115,9 @@ class Session(netconf.server.NetconfServerSession):  # type: ignore[misc]
             log.info("session %d closed", self.sid)
         with contextlib.suppress(EOFError):
             netconf.base.NetconfSession.close(self)
+        # one NETCONF session per SSH connection: its end frees the connection slot too
+        with contextlib.suppress(Exception):
+            self._ssh_transport.close()
 
     @property
     def closed(self) -> bool:

@@ -1,0 +1,425 @@
+"""The NETCONF server over real SSH sessions (ncclient) against a fake runtime on a real Unix socket."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from lxml import etree
+from ncclient.operations.rpc import RPCError
+
+from nf_netconf.errors import Reason
+from tests.test_netconf_harness import (
+    IKE_NS,
+    NC_NS,
+    PASSWORD,
+    READER_PASSWORD,
+    SECRET_B64,
+    SERVER_CONFIG,
+    TWAMP_NS,
+    WAIT,
+    Rig,
+    rig,
+)
+
+__all__ = ["rig"]
+
+NOTIF_NS = "urn:ietf:params:xml:ns:netconf:notification:1.0"
+PSK_B64 = "ZXhhbXBsZS1wc2stbm90LWZvci11c2UtMDAwMQ=="
+IKE_CONFIG = f"""
+<config xmlns="{NC_NS}">
+  <ike xmlns="{IKE_NS}">
+    <local-identity>
+      <name>host-b</name>
+      <id-type>fqdn</id-type>
+      <id-value>host-b.example.net</id-value>
+      <psk>{PSK_B64}</psk>
+    </local-identity>
+  </ike>
+</config>
+"""
+
+
+def _xml(reply: Any) -> etree._Element:
+    return etree.fromstring(reply.xml.encode())
+
+
+def _config_xml(m: Any, source: str = "running", filter: Any = None) -> str:
+    return str(m.get_config(source, filter=filter).xml)
+
+
+def _count(m: Any) -> str | None:
+    found = _xml(m.get_config("running")).find(f".//{{{TWAMP_NS}}}count")
+    return None if found is None else found.text
+
+
+def test_hello_advertises_capabilities_and_modules(rig: Rig) -> None:
+    m = rig.connect()
+    caps = set(m.server_capabilities)
+    for cap in (
+        "urn:ietf:params:netconf:base:1.0",
+        "urn:ietf:params:netconf:base:1.1",
+        "urn:ietf:params:netconf:capability:candidate:1.0",
+        "urn:ietf:params:netconf:capability:validate:1.1",
+        "urn:ietf:params:netconf:capability:xpath:1.0",
+        "urn:ietf:params:netconf:capability:notification:1.0",
+        "urn:ietf:params:netconf:capability:rollback-on-error:1.0",
+    ):
+        assert cap in caps
+    modules = {c.split("module=")[1].split("&")[0] for c in caps if "module=" in c}
+    assert modules == {"twamp-nf-twamp", "twamp-nf-ike", "twamp-nf-ike-binding"}
+    assert m.session_id is not None and int(m.session_id) >= 1
+
+
+def test_edit_get_config_round_trip_applies_whole_config_to_runtime(rig: Rig) -> None:
+    m = rig.connect()
+    m.edit_config(target="running", config=SERVER_CONFIG)
+    assert _count(m) == "65536"
+    applied = rig.runtime.applied[-1]
+    server = applied["twamp-nf-twamp:twamp"]["server"]
+    assert server["count"] == 65536
+    assert server["key-chain"] == [{"key-id": "site-a", "secret-key": SECRET_B64}]
+    # a second edit sends the whole configuration again, not a diff
+    m.edit_config(target="running", config=IKE_CONFIG)
+    applied = rig.runtime.applied[-1]
+    assert set(applied) == {"twamp-nf-twamp:twamp", "twamp-nf-ike:ike"}
+    assert applied["twamp-nf-ike:ike"]["local-identity"][0]["psk"] == PSK_B64
+
+
+def test_edit_operations_merge_replace_create_delete_remove(rig: Rig) -> None:
+    m = rig.connect()
+    m.edit_config(target="running", config=SERVER_CONFIG)
+    merge = f"""<config xmlns="{NC_NS}"><twamp xmlns="{TWAMP_NS}"><server>
+        <count>2048</count></server></twamp></config>"""
+    m.edit_config(target="running", config=merge)
+    assert _count(m) == "2048"
+    assert "site-a" in _config_xml(m)  # merge kept the rest
+
+    create_again = f"""<config xmlns="{NC_NS}" xmlns:nc="{NC_NS}"><twamp xmlns="{TWAMP_NS}"><server>
+        <key-chain nc:operation="create"><key-id>site-a</key-id><secret-key>{SECRET_B64}</secret-key>
+        </key-chain></server></twamp></config>"""
+    with pytest.raises(RPCError) as err:
+        m.edit_config(target="running", config=create_again)
+    assert err.value.tag == "data-exists"
+
+    delete = f"""<config xmlns="{NC_NS}" xmlns:nc="{NC_NS}"><twamp xmlns="{TWAMP_NS}"><server>
+        <count nc:operation="delete"/></server></twamp></config>"""
+    m.edit_config(target="running", config=delete)
+    assert _count(m) is None
+    with pytest.raises(RPCError) as err:
+        m.edit_config(target="running", config=delete)
+    assert err.value.tag == "data-missing"
+    remove = delete.replace('"delete"', '"remove"')
+    m.edit_config(target="running", config=remove)  # remove of a missing node is not an error
+
+    replace = f"""<config xmlns="{NC_NS}" xmlns:nc="{NC_NS}"><twamp xmlns="{TWAMP_NS}">
+        <server nc:operation="replace"><modes>unauthenticated</modes></server></twamp></config>"""
+    m.edit_config(target="running", config=replace)
+    text = _config_xml(m)
+    assert "site-a" not in text and "<modes>unauthenticated</modes>" in text
+    assert "key-chain" not in json.dumps(rig.runtime.applied[-1])
+
+
+def test_default_operation_none_and_test_only(rig: Rig) -> None:
+    m = rig.connect()
+    m.edit_config(target="running", config=SERVER_CONFIG)
+    applied_before = len(rig.runtime.applied)
+    none_edit = f"""<config xmlns="{NC_NS}"><twamp xmlns="{TWAMP_NS}"><server><count>1024</count>
+        </server></twamp></config>"""
+    m.edit_config(target="running", config=none_edit, default_operation="none")
+    assert _count(m) == "65536"
+    m.edit_config(target="running", config=none_edit, test_option="test-only")
+    assert _count(m) == "65536"
+    assert len(rig.runtime.applied) == applied_before
+    assert rig.runtime.validated, "test-only asks the runtime to validate"
+
+
+def test_candidate_commit_and_discard(rig: Rig) -> None:
+    m = rig.connect()
+    m.edit_config(target="candidate", config=SERVER_CONFIG)
+    assert rig.runtime.applied == []
+    assert _count(m) is None
+    assert "65536" in _config_xml(m, "candidate")
+    m.commit()
+    assert _count(m) == "65536"
+    assert rig.runtime.applied[-1]["twamp-nf-twamp:twamp"]["server"]["count"] == 65536
+
+    m.edit_config(
+        target="candidate",
+        config=SERVER_CONFIG.replace("65536", "4096"),
+    )
+    m.discard_changes()
+    assert "65536" in _config_xml(m, "candidate")
+    assert _count(m) == "65536"
+    assert len(rig.runtime.applied) == 1
+
+
+def test_validate_rpc_runs_yang_and_runtime_checks(rig: Rig) -> None:
+    m = rig.connect()
+    # a must-statement is checked by validation, not when the candidate is edited
+    m.edit_config(
+        target="candidate", config=SERVER_CONFIG.replace("<max-count-exponent>16", "<max-count-exponent>15")
+    )
+    with pytest.raises(RPCError) as err:
+        m.validate(source="candidate")
+    assert err.value.tag == "invalid-value"
+    assert "max-count-exponent" in err.value.message
+    with pytest.raises(RPCError):
+        m.commit()
+    assert rig.runtime.applied == []
+    m.discard_changes()
+    m.edit_config(target="candidate", config=SERVER_CONFIG)
+    m.validate(source="candidate")
+    assert rig.runtime.validated
+
+
+def test_invalid_value_has_error_path_and_leaves_config(rig: Rig) -> None:
+    m = rig.connect()
+    m.edit_config(target="running", config=SERVER_CONFIG)
+    with pytest.raises(RPCError) as err:
+        m.edit_config(target="running", config=SERVER_CONFIG.replace("65536", "65537"))
+    assert err.value.tag == "invalid-value"
+    assert err.value.path == "/twamp-nf-twamp:twamp/server/count"
+    assert "power of two" in err.value.message
+    assert _count(m) == "65536"
+    assert len(rig.runtime.applied) == 1
+    assert rig.app.counters.get(Reason.INVALID_VALUE) == 1
+
+
+def test_unknown_element_is_refused_with_its_name(rig: Rig) -> None:
+    m = rig.connect()
+    bad = f"""<config xmlns="{NC_NS}"><twamp xmlns="{TWAMP_NS}"><server><cuont>1024</cuont>
+        </server></twamp></config>"""
+    with pytest.raises(RPCError) as err:
+        m.edit_config(target="running", config=bad)
+    assert err.value.tag == "unknown-element"
+    assert err.value.info is not None and "cuont" in err.value.info
+    assert err.value.path == "/twamp-nf-twamp:twamp/server"
+    state_leaf = f"""<config xmlns="{NC_NS}"><twamp xmlns="{TWAMP_NS}"><server><ctrl-connection>
+        <client-ip>192.0.2.1</client-ip><client-tcp-port>1</client-tcp-port><server-ip>192.0.2.2</server-ip>
+        <server-tcp-port>862</server-tcp-port></ctrl-connection></server></twamp></config>"""
+    with pytest.raises(RPCError) as err:
+        m.edit_config(target="running", config=state_leaf)
+    assert err.value.tag == "invalid-value"
+    assert rig.runtime.applied == []
+
+
+def test_runtime_refusal_leaves_datastore_unchanged(rig: Rig) -> None:
+    m = rig.connect()
+    m.edit_config(target="running", config=SERVER_CONFIG)
+
+    def refuse(config: dict[str, Any]) -> dict[str, str] | None:
+        if config.get("twamp-nf-twamp:twamp", {}).get("server", {}).get("count") == 4096:
+            return {
+                "tag": "resource-denied",
+                "path": "/twamp-nf-twamp:twamp/server/server-tcp-port",
+                "message": "cannot bind [::]:862: address in use",
+            }
+        return None
+
+    rig.runtime.refuse = refuse
+    with pytest.raises(RPCError) as err:
+        m.edit_config(target="running", config=SERVER_CONFIG.replace("65536", "4096"))
+    assert err.value.tag == "resource-denied"
+    assert err.value.path == "/twamp-nf-twamp:twamp/server/server-tcp-port"
+    assert err.value.message == "cannot bind [::]:862: address in use"
+    assert _count(m) == "65536"
+    # commit from the candidate is refused the same way and the candidate keeps its edit
+    m.edit_config(target="candidate", config=SERVER_CONFIG.replace("65536", "4096"))
+    with pytest.raises(RPCError) as err:
+        m.commit()
+    assert err.value.tag == "resource-denied"
+    assert _count(m) == "65536"
+    assert "4096" in _config_xml(m, "candidate")
+    assert rig.app.counters.get(Reason.RUNTIME_REFUSED) == 2
+
+
+def test_secrets_are_never_returned(rig: Rig) -> None:
+    m = rig.connect()
+    m.edit_config(target="running", config=SERVER_CONFIG)
+    m.edit_config(target="running", config=IKE_CONFIG)
+    rig.runtime.state = {"twamp-nf-twamp:twamp": {"server": {"count": 65536}}}
+    secret_filter = f'<twamp xmlns="{TWAMP_NS}"><server><key-chain><secret-key/></key-chain></server></twamp>'
+    content_probe = (
+        f'<twamp xmlns="{TWAMP_NS}"><server><key-chain><secret-key>{SECRET_B64}</secret-key>'
+        "</key-chain></server></twamp>"
+    )
+    replies = [
+        _config_xml(m),
+        _config_xml(m, "candidate"),
+        str(m.get().xml),
+        _config_xml(m, filter=("subtree", secret_filter)),
+        _config_xml(m, filter=("subtree", content_probe)),
+        _config_xml(m, filter=("xpath", "//*[local-name()='secret-key' or local-name()='psk']")),
+        str(m.get(filter=("xpath", "/twamp-nf-ike:ike/twamp-nf-ike:local-identity")).xml),
+    ]
+    for reply in replies:
+        assert SECRET_B64 not in reply and PSK_B64 not in reply
+        assert "secret-key>" not in reply and "psk>" not in reply
+    assert "site-a" in replies[0] and "host-b" in replies[0]
+    # a bad secret value is refused without quoting it
+    bad_secret = SERVER_CONFIG.replace(SECRET_B64, "not*base64*secret*value")
+    with pytest.raises(RPCError) as err:
+        m.edit_config(target="running", config=bad_secret)
+    assert "not*base64" not in str(err.value) and "not*base64" not in (err.value.message or "")
+
+
+def test_subtree_and_xpath_filters(rig: Rig) -> None:
+    m = rig.connect()
+    m.edit_config(target="running", config=SERVER_CONFIG)
+    m.edit_config(target="running", config=IKE_CONFIG)
+    only_twamp = _xml(m.get_config("running", filter=("subtree", f'<twamp xmlns="{TWAMP_NS}"/>')))
+    data = only_twamp.find(f"{{{NC_NS}}}data")
+    assert data is not None and [child.tag for child in data] == [f"{{{TWAMP_NS}}}twamp"]
+    count_only = _xml(
+        m.get_config(
+            "running", filter=("subtree", f'<twamp xmlns="{TWAMP_NS}"><server><count/></server></twamp>')
+        )
+    )
+    server = count_only.find(f".//{{{TWAMP_NS}}}server")
+    assert server is not None and [etree.QName(c).localname for c in server] == ["count"]
+    by_key = _xml(
+        m.get_config(
+            "running",
+            filter=(
+                "subtree",
+                f'<ike xmlns="{IKE_NS}"><local-identity><name>nobody</name></local-identity></ike>',
+            ),
+        )
+    )
+    assert by_key.find(f".//{{{IKE_NS}}}local-identity") is None
+    xp = _xml(
+        m.get_config(
+            "running", filter=("xpath", "/twamp-nf-twamp:twamp/twamp-nf-twamp:server/twamp-nf-twamp:modes")
+        )
+    )
+    server = xp.find(f".//{{{TWAMP_NS}}}server")
+    assert server is not None and [etree.QName(c).localname for c in server] == ["modes"]
+    keyed = _xml(m.get_config("running", filter=("xpath", "//*[local-name()='id-value']")))
+    identity = keyed.find(f".//{{{IKE_NS}}}local-identity")
+    assert identity is not None
+    assert [etree.QName(c).localname for c in identity] == ["name", "id-value"]  # the key comes along
+
+
+def test_get_merges_runtime_state(rig: Rig) -> None:
+    m = rig.connect()
+    m.edit_config(target="running", config=SERVER_CONFIG)
+    rig.runtime.state = {
+        "twamp-nf-twamp:twamp": {
+            "server": {
+                "ctrl-connection": [
+                    {
+                        "client-ip": "192.0.2.1",
+                        "client-tcp-port": 40000,
+                        "server-ip": "192.0.2.2",
+                        "server-tcp-port": 862,
+                        "state": "active",
+                    }
+                ]
+            }
+        }
+    }
+    reply = _xml(m.get())
+    server = reply.find(f".//{{{TWAMP_NS}}}server")
+    assert server is not None
+    assert server.findtext(f"{{{TWAMP_NS}}}count") == "65536"
+    assert server.findtext(f"{{{TWAMP_NS}}}ctrl-connection/{{{TWAMP_NS}}}state") == "active"
+    assert len(reply.findall(f".//{{{TWAMP_NS}}}server")) == 1
+
+
+def test_nacm_reader_cannot_write_or_read_denied_subtree(rig: Rig) -> None:
+    admin = rig.connect()
+    admin.edit_config(target="running", config=SERVER_CONFIG)
+    admin.edit_config(target="running", config=IKE_CONFIG)
+    reader = rig.connect("reader", READER_PASSWORD)
+    with pytest.raises(RPCError) as err:
+        reader.edit_config(target="running", config=SERVER_CONFIG.replace("65536", "2048"))
+    assert err.value.tag == "access-denied"
+    assert _count(admin) == "65536"
+    text = _config_xml(reader)
+    assert "65536" in text
+    assert "host-b" not in text  # the ike subtree is denied to readers
+    assert "host-b" in _config_xml(admin)
+    with pytest.raises(RPCError) as err:
+        reader.kill_session(admin.session_id)
+    assert err.value.tag == "access-denied"
+
+
+def test_locks_keep_other_sessions_out(rig: Rig) -> None:
+    first = rig.connect()
+    second = rig.connect()
+    first.lock("running")
+    with pytest.raises(RPCError) as err:
+        second.edit_config(target="running", config=SERVER_CONFIG)
+    assert err.value.tag == "in-use"
+    with pytest.raises(RPCError) as err:
+        second.lock("running")
+    assert err.value.tag == "lock-denied"
+    first.edit_config(target="running", config=SERVER_CONFIG)
+    first.unlock("running")
+    second.edit_config(target="running", config=SERVER_CONFIG.replace("65536", "2048"))
+    assert _count(first) == "2048"
+    # a candidate lock dies with its session, and the uncommitted candidate with it
+    first.lock("candidate")
+    first.edit_config(target="candidate", config=SERVER_CONFIG)
+    first.close_session()
+    deadline = time.monotonic() + WAIT
+    while rig.app.datastores.locks["candidate"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    second.lock("candidate")
+    assert "2048" in _config_xml(second, "candidate")
+
+
+def test_notifications_are_forwarded_with_event_time(rig: Rig) -> None:
+    m = rig.connect()
+    m.create_subscription()
+    deadline = time.monotonic() + WAIT
+    while rig.app.hub.subscribers() == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert rig.runtime.subscribed.wait(WAIT)
+    rig.runtime.emit(
+        {
+            "event": "twamp-nf-ike:ike-sa-down",
+            "time": "2026-11-23T19:40:00.123456Z",
+            "data": {
+                "spi-i": "8f2c4a1be07d3956",
+                "spi-r": "51d0e9a3c47b2f18",
+                "peer": "host-b",
+                "reason": "deleted-by-peer",
+            },
+        }
+    )
+    notification = m.take_notification(timeout=WAIT)
+    assert notification is not None
+    root = etree.fromstring(notification.notification_xml.encode())
+    assert root.tag == f"{{{NOTIF_NS}}}notification"
+    assert root.findtext(f"{{{NOTIF_NS}}}eventTime") == "2026-11-23T19:40:00.123456Z"
+    body = root.find(f"{{{IKE_NS}}}ike-sa-down")
+    assert body is not None and body.findtext(f"{{{IKE_NS}}}peer") == "host-b"
+    # the session still answers RPCs while subscribed (interleave)
+    assert _count(m) is None
+
+
+def test_session_limit_is_enforced(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, max_sessions=1)
+    try:
+        first = rig.connect()
+        with pytest.raises(Exception):  # noqa: B017 (ncclient raises transport-specific errors)
+            rig.connect()
+        assert rig.app.counters.get(Reason.SESSION_LIMIT) >= 1
+        first.close_session()
+        deadline = time.monotonic() + WAIT
+        while rig.app.session_count() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert rig.connect().session_id is not None
+    finally:
+        rig.close()
+
+
+def test_wrong_password_is_refused_and_counted(rig: Rig) -> None:
+    with pytest.raises(Exception):  # noqa: B017 (ncclient's AuthenticationError)
+        rig.connect("admin", PASSWORD + "x")
+    assert rig.app.counters.get(Reason.AUTH_FAILED) >= 1
