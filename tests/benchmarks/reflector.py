@@ -300,6 +300,50 @@ def find_max_rate(bench: Bench, seconds: float, max_rate: float) -> Trial | None
     return best
 
 
+def per_packet_costs() -> None:
+    """The reflector's own work per packet (sans-IO reflect(), no sockets) and the syscall floor beside it."""
+    import functools
+    import timeit
+
+    from nf.twamp.test_reflector import SessionReflector
+
+    costs = []
+    for mode in (SecurityMode.UNAUTHENTICATED, SecurityMode.AUTHENTICATED, SecurityMode.ENCRYPTED):
+        keys = TestSessionKeys(os.urandom(16), os.urandom(32)) if mode.test_is_protected else None
+        params = TestSessionParams(
+            bytes(16), mode, HOST, 1, HOST, 2, PADDING, 0.0, 1.0, 0, 0, b"\0\0", False, keys
+        )
+        engine = SessionReflector(params, 0x8001)
+        wire = TestPacketCodec(mode, keys).encode_sender(SenderPacket(1, 2, 3, bytes(PADDING)))
+        buf = bytearray(65536)
+        buf[: len(wire)] = wire
+        view = memoryview(buf)
+        n = 20000
+        seconds = min(
+            timeit.repeat(
+                functools.partial(engine.reflect, view, len(wire), 1, 64, lambda: 2), number=n, repeat=3
+            )
+        )
+        costs.append(f"{mode.value} {seconds / n * 1e6:.1f} us")
+    a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with a, b:
+        a.bind((HOST, 0))
+        b.bind((HOST, 0))
+        b.setsockopt(socket.SOL_SOCKET, 33, 64 * 1024 * 1024)
+        b.setsockopt(socket.SOL_SOCKET, 35, 1)
+        payload = bytes(78)
+        target = b.getsockname()
+        n = 20000
+        send = min(timeit.repeat(lambda: a.sendto(payload, target), number=n, repeat=3)) / n
+        buf = bytearray(2048)
+        receive = min(timeit.repeat(lambda: b.recvmsg_into([buf], 256), number=n, repeat=1)) / n
+    print(
+        f"per packet: reflect() {', '.join(costs)}; syscalls on this host: sendto {send * 1e6:.1f} us, "
+        f"recvmsg_into {receive * 1e6:.1f} us"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -317,6 +361,7 @@ def main() -> int:
         f"reflector thread {'unpinned' if args.no_pin else 'pinned to CPU 0'}, "
         f"SCHED_FIFO {args.priority or 'off'}, generator in its own processes"
     )
+    per_packet_costs()
     for mode in (SecurityMode.UNAUTHENTICATED, SecurityMode.AUTHENTICATED):
         bench = Bench(mode, not args.no_pin, args.priority or None)
         try:
