@@ -296,7 +296,10 @@ class _Port:
         owner = self.owner
         now = time.monotonic()
         config = owner.config
+        error_estimate = owner.clock_sync.error_estimate_word()  # the host clock's sync state can change
         for session in self.all_sessions():
+            if session.engine is not None:
+                session.engine.error_estimate = error_estimate
             if session.state is SessionState.STOPPING and now > session.deadline:
                 owner.end_session(self, session, EndReason.TIMEOUT_AFTER_STOP, now)
             elif session.state in (SessionState.ADDED, SessionState.STARTED) and (
@@ -339,7 +342,7 @@ class Reflector:
         self.config = config or ReflectorConfig()
         self.on_session_end = on_session_end
         self.bad_input_log = RateLimitedLog(log, self.config.log_interval)
-        self._clock_sync = clock_sync or ClockSyncCache()
+        self.clock_sync = clock_sync or ClockSyncCache()
         self._lock = threading.RLock()
         self._ports: dict[tuple[str, int], _Port] = {}
         self._used_ports: set[_Port] = set()
@@ -443,7 +446,7 @@ class Reflector:
             if limit is not None:
                 burst = self.config.burst if self.config.burst is not None else max(1.0, limit / 10)
                 bucket = TokenBucket(limit, burst, now)
-            engine = SessionReflector(params, self._clock_sync.error_estimate_word())
+            engine = SessionReflector(params, self.clock_sync.error_estimate_word())
             if _is_unspecified(params.sender_address) or params.sender_port == 0:
                 key = None
             else:
@@ -475,7 +478,7 @@ class Reflector:
     def start_session(self, sid: bytes) -> None:
         _entry, session = self._get(sid)
         if session.state is SessionState.ADDED and session.engine is not None:
-            session.engine.error_estimate = self._clock_sync.error_estimate_word()
+            session.engine.error_estimate = self.clock_sync.error_estimate_word()
             session.last_activity = time.monotonic()
             session.state = SessionState.STARTED
 
