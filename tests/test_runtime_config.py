@@ -20,6 +20,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nf.ike.identities import IDType
 from nf.net.limits import Limits
@@ -314,3 +316,105 @@ def test_modes_text_round_trip() -> None:
         plan = build_plan({"twamp-nf-twamp:twamp": {"server": {"modes": modes_to_text(modes)}}})
         assert plan.server is not None and plan.server.modes == modes
     assert modes_to_text(Modes(130)) == "authenticated ikev2-derived"
+
+
+# ------------------------------------------------------------------------ any tree: ConfigError or a plan
+
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+def template() -> dict[str, Any]:
+    """Every part of the mapping at once: server, client, sender, reflector, IKE with a binding."""
+    config = _client()
+    twamp = config["twamp-nf-twamp:twamp"]
+    twamp["server"] = {
+        "server-ip": "127.0.0.1",
+        "modes": "unauthenticated authenticated ikev2-derived",
+        "key-chain": [{"key-id": "k", "secret-key": base64.b64encode(SECRET).decode()}],
+        "limits": {"max-ctrl-connections": 4, "max-ctrl-connections-per-client": 2},
+        "twamp-nf-ike-binding:ikev2-derived": {"allowed-peer": ["gw"]},
+    }
+    twamp["session-reflector"] = {"refwait": 30, "limits": {"max-packet-rate": 100}}
+    twamp["client"]["mode-preference-chain"].append({"priority": 0, "mode": "encrypted ikev2-derived"})
+    twamp["client"]["ctrl-connection"][0]["twamp-nf-ike-binding:ikev2-derived"] = {"ike-peer": "gw"}
+    config["twamp-nf-ike:ike"] = {
+        "local-identity": [
+            {
+                "name": "me",
+                "id-type": "ipv4-addr",
+                "id-value": "192.0.2.9",
+                "psk": base64.b64encode(SECRET).decode(),
+            }
+        ],
+        "peer": [
+            {
+                "name": "gw",
+                "local-identity": "me",
+                "address": "192.0.2.1",
+                "remote-identity": {"id-type": "key-id", "id-value": "0a0b"},
+                "proposal": [
+                    {
+                        "name": "p",
+                        "encryption": "aes-gcm-16-128",
+                        "prf": "hmac-sha2-256",
+                        "dh-group": "ecp-256",
+                    }
+                ],
+            }
+        ],
+    }
+    return config
+
+
+def leaves(node: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    if isinstance(node, dict):
+        return [p for key, value in node.items() for p in leaves(value, (*path, key))] + [path]
+    if isinstance(node, list):
+        return [p for i, value in enumerate(node) for p in leaves(value, (*path, i))] + [path]
+    return [path]
+
+
+def mutate(config: dict[str, Any], path: tuple[Any, ...], value: Any, delete: bool) -> None:
+    parent: Any = config
+    for step in path[:-1]:
+        parent = parent[step]
+    if delete:
+        del parent[path[-1]]
+    else:
+        parent[path[-1]] = value
+
+
+def test_the_template_maps() -> None:
+    plan = build_plan(template())
+    assert plan.server is not None and plan.server.allowed_peers == ("gw",)
+    assert plan.connections["c"].ikev2 is not None
+    assert plan.connections["c"].chain[0] == Modes.ENCRYPTED | Modes.IKEV2_DERIVED
+
+
+@given(data=st.data(), value=JSON_VALUES, delete=st.booleans())
+@settings(max_examples=300, deadline=None)
+def test_any_mutated_tree_gives_a_plan_or_a_config_error(
+    data: st.DataObject, value: Any, delete: bool
+) -> None:
+    config = template()
+    paths = [p for p in leaves(config) if p]
+    path = data.draw(st.sampled_from(paths))
+    mutate(config, path, value, delete)
+    try:
+        build_plan(config)
+    except ConfigError as exc:
+        assert exc.path.startswith("/") and exc.tag in (
+            "invalid-value",
+            "operation-failed",
+            "unknown-element",
+            "malformed-message",
+        )
+        assert SECRET.decode() not in str(exc)

@@ -117,6 +117,13 @@ class _Node:
                 raise ConfigError("invalid-value", self.at(name), f"list entry without key {key}")
             yield _Node(item, f"{self.path}/{name}[{key}='{item[key]}']")
 
+    def strings(self, name: str) -> list[str]:
+        """A leaf-list of strings (absent: empty)."""
+        values = self.data.get(name, [])
+        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+            raise ConfigError("invalid-value", self.at(name), "expected a list of strings")
+        return list(values)
+
     def integer(self, name: str, default: int | None = None, low: int = 0, high: int = 2**64 - 1) -> int:
         value = self.data.get(name, default)
         if value is None:
@@ -346,7 +353,7 @@ def _server(node: _Node, peers: dict[str, PeerPlan]) -> ServerPlan:
         raise ConfigError("invalid-value", node.at("count"), "count must not exceed 2^max-count-exponent")
     key_chain = _key_chain(node)
     binding = node.child_or_empty(BINDING_NODE)
-    allowed = tuple(str(p) for p in binding.get("allowed-peer", []))
+    allowed = tuple(binding.strings("allowed-peer"))
     for name in allowed:
         if name not in peers:
             raise ConfigError("invalid-value", binding.at("allowed-peer"), f"no IKE peer named {name!r}")
@@ -589,15 +596,15 @@ def _session(entry: _SenderEntry, request: _Node) -> SessionPlan:
 
 
 def _ike(node: _Node) -> IKEPlan:
-    addresses = node.get("listen-address", [])
-    if not isinstance(addresses, list) or len(addresses) > 1:
+    addresses = node.strings("listen-address")
+    if len(addresses) > 1:
         raise ConfigError(
             "operation-failed", node.at("listen-address"), "this runtime listens on one address"
         )
     listen_address = "0.0.0.0"
     if addresses:
         try:
-            listen_address = str(ipaddress.ip_address(str(addresses[0])))
+            listen_address = str(ipaddress.ip_address(addresses[0]))
         except ValueError:
             raise ConfigError("invalid-value", node.at("listen-address"), "not an IP address") from None
     listen = (listen_address, node.integer("listen-port", 500, 0, 65535))
@@ -619,7 +626,7 @@ def _ike(node: _Node) -> IKEPlan:
             raise ConfigError("invalid-value", entry.at("remote-identity"), "missing mandatory node")
         remote_id = _identity(remote)
         trust = None
-        anchors = entry.get("trust-anchor", [])
+        anchors = entry.strings("trust-anchor")
         if psk is None:
             if not anchors:
                 raise ConfigError(
@@ -628,7 +635,7 @@ def _ike(node: _Node) -> IKEPlan:
                     "certificate authentication needs a trust-anchor",
                 )
             try:
-                trust = TrustAnchors.from_files(*[str(a) for a in anchors])
+                trust = TrustAnchors.from_files(*anchors)
             except (OSError, ValueError, IKEError) as exc:
                 raise ConfigError("invalid-value", entry.at("trust-anchor"), _file_error(exc)) from None
         proposals = tuple(_proposal(p) for p in entry.entries("proposal", "name"))
