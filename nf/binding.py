@@ -424,7 +424,9 @@ class ClientBinding:
         deadline = loop.time() + peer.initiate_timeout
         waiter = asyncio.ensure_future(self.wait_established(peer.initiate_timeout))
         try:
-            done, _ = await asyncio.wait({waiter, initiation}, timeout=peer.initiate_timeout)
+            done, _ = await asyncio.wait(
+                {waiter, initiation}, timeout=peer.initiate_timeout, return_when=asyncio.FIRST_COMPLETED
+            )
             if initiation in done and waiter not in done:
                 if initiation.cancelled() or initiation.exception() is not None:
                     self.counters["failed"] += 1

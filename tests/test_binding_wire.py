@@ -25,7 +25,10 @@ from nf.binding import (
     UnknownSAReason,
     client_config,
 )
+from nf.ike.auth import PreSharedKey
+from nf.ike.exchanges import PeerConfig
 from nf.ike.identities import Identity
+from nf.ike.proposals import parse_proposals
 from nf.ike.sa import Established, Rekeyed
 from nf.net.control_connector import ControlClientError, ControlConnection
 from nf.twamp.control_events import ControlFailure
@@ -325,6 +328,27 @@ def test_no_sa_initiate_fails_when_the_peer_does_not_answer() -> None:
             with pytest.raises(NoIKESA, match="no IKE SA with server within 1 s"):
                 await binding.keying()
             assert binding.counters["failed"] == binding.counters["initiated"] == 1
+        finally:
+            await rig.close()
+
+    run(scenario())
+
+
+def test_no_sa_initiate_reports_why_the_ike_sa_failed() -> None:
+    async def scenario() -> None:
+        wrong = PeerConfig(
+            Identity.parse(CLIENT_ID),
+            Identity.parse(SERVER_ID),
+            parse_proposals("aes128gcm16-prfsha256-x25519"),
+            psk=PreSharedKey(b"not the server's pre-shared key at all"),
+        )
+        rig = await Rig.open(wrong, psk_peer(SERVER_ID, "%any"))
+        try:
+            binding = rig.client_binding(NoSAPolicy.INITIATE)
+            with pytest.raises(NoIKESA, match="IKE SA with server failed: ") as failure:
+                await binding.keying()
+            assert "not the server" not in str(failure.value)
+            assert binding.counters["failed"] == 1 and binding.current() is None
         finally:
             await rig.close()
 
