@@ -346,3 +346,36 @@ def test_a_bug_in_the_reflect_path_costs_the_packet_not_the_thread(reflector: Re
         assert sender.run(params, count=1, interval=0.0, reply_timeout=0.5).received == 0
         _wait_for(lambda: reflector.totals().internal_errors == 1, "internal error counted")
         assert sender.run(params, count=3, interval=0.0, reply_timeout=WAIT).received == 3
+
+
+def test_busy_poll_reflects_like_the_blocking_loop() -> None:
+    with (
+        Reflector(ReflectorConfig(poll_interval=0.05, busy_poll=0.002)) as reflector,
+        SessionSender("::1") as sender,
+    ):
+        params = _params(sender, reflector.reserve_port("::1"), SecurityMode.AUTHENTICATED)
+        reflector.add_session(params)
+        reflector.start_session(params.sid)
+        result = sender.run(params, count=50, interval=0.0005, reply_timeout=WAIT)
+        assert result.received == 50 and _counters(reflector, params.sid).reflected == 50
+        reflector.stop_session(params.sid)
+        assert sender.run(params, count=2, interval=0.0, reply_timeout=WAIT).received == 2
+
+
+def test_housekeeping_runs_under_a_flood_of_foreign_packets() -> None:
+    """A stranger sending faster than the poll interval must not keep REFWAIT from firing."""
+    ended: list[SessionCounters] = []
+    config = ReflectorConfig(refwait=0.5, poll_interval=0.05, linger=0.2)
+    with Reflector(config, on_session_end=ended.append) as reflector, SessionSender("127.0.0.1") as sender:
+        params = _params(sender, reflector.reserve_port("127.0.0.1"))
+        reflector.add_session(params)
+        reflector.start_session(params.sid)
+        stranger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        with stranger:
+            stranger.bind(("127.0.0.1", 0))
+            deadline = time.monotonic() + WAIT
+            while not ended and time.monotonic() < deadline:
+                stranger.sendto(b"x" * 20, ("127.0.0.1", params.reflector_port))
+                time.sleep(0.005)
+        assert ended and ended[0].end_reason is EndReason.REFWAIT
+        assert reflector.totals().dropped[DropReason.UNKNOWN_SENDER] > 0
