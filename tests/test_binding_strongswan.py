@@ -11,6 +11,7 @@ IKE SA: the two derivations interoperate on the wire.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import Callable, Iterator
 from typing import TypeVar
@@ -92,8 +93,16 @@ def our_peer(pki: CharonPKI, auth: str, proposals: str) -> PeerConfig:
 )
 @pytest.mark.parametrize("we_initiate", [True, False], ids=["py-initiator", "charon-initiator"])
 def test_charon_derived_secret_equals_ours_and_keys_our_server(
-    charon: Charon, pki: CharonPKI, auth: str, proposals: str, we_initiate: bool
+    charon: Charon,
+    pki: CharonPKI,
+    auth: str,
+    proposals: str,
+    we_initiate: bool,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.DEBUG)
+    secrets: list[bytes] = []
+
     async def scenario() -> None:
         config = our_peer(pki, auth, proposals)
         endpoint = await open_ike_endpoint(("127.0.0.1", 0), peers=[config])
@@ -132,6 +141,7 @@ def test_charon_derived_secret_equals_ours_and_keys_our_server(
             assert info.initiator is not we_initiate
             logged = await in_thread(lambda: charon.keys_for(spis))
             charons = SharedSecret(logged.ippm_secret_bytes())
+            secrets.extend([logged.ippm_secret_bytes(), logged.secrets["Sk_d"]])
             # both of our binding's faces give exactly the secret charon's SK_d gives
             assert keying.secret_for(keying.key_id) == charons
             assert server_binding.secret_for(keying.key_id + bytes(64)) == charons
@@ -153,6 +163,8 @@ def test_charon_derived_secret_equals_ours_and_keys_our_server(
             finally:
                 await connection.close()
             assert server_binding.counters() == {"served": 2}
+            texts = [repr(x) for x in (server_binding, client_binding, keying, remote, charons, endpoint)]
+            secrets.append("|".join(texts).encode())
             assert listener.counters.modes == {"authenticated": 1} and listener.counters.bad_input == {}
             sa = endpoint.lookup(*spis)
             assert sa is not None
@@ -165,3 +177,9 @@ def test_charon_derived_secret_equals_ours_and_keys_our_server(
             endpoint.close()
 
     run(scenario())
+    # neither the derived secret nor SK_d shows up in any log record or repr (hex or raw)
+    ippm, sk_d, reprs = secrets
+    assert caplog.records  # the IKE and TWAMP layers did log at DEBUG level
+    for secret in (ippm, sk_d):
+        for form in (secret.hex(), repr(secret)[2:-1]):
+            assert form not in caplog.text and form not in reprs.decode()
