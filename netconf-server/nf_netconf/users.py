@@ -88,10 +88,17 @@ def verify_password(stored: str, password: str) -> bool:
     return hmac.compare_digest(digest, expected)
 
 
+KEY_TYPES = frozenset(
+    {"ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "ssh-rsa"}
+)
+
+
 def parse_public_key(line: str) -> paramiko.PKey:
     parts = line.split()
     if len(parts) < 2:
         raise ValueError("expected 'TYPE BASE64 [comment]'")
+    if parts[0] not in KEY_TYPES:
+        raise ValueError(f"key type must be one of {', '.join(sorted(KEY_TYPES))}")
     return paramiko.PKey.from_type_string(parts[0], base64.b64decode(parts[1], validate=True))
 
 
@@ -122,8 +129,10 @@ def load_users(text: str) -> tuple[dict[str, User], Nacm]:
         for index, line in enumerate(_str_list(entry, "authorized-keys", f"users.{name}")):
             try:
                 keys.append(parse_public_key(line))
-            except (ValueError, paramiko.SSHException) as exc:
-                raise UsersFileError(f"users.{name}.authorized-keys[{index}]: {exc}") from None
+            except Exception as exc:  # paramiko's key parsers raise many types for a bad blob
+                raise UsersFileError(
+                    f"users.{name}.authorized-keys[{index}]: {exc or type(exc).__name__}"
+                ) from None
         if password_hash is None and not keys:
             raise UsersFileError(f"users.{name} has neither password-hash nor authorized-keys")
         groups = frozenset(_str_list(entry, "groups", f"users.{name}"))
