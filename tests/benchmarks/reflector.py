@@ -1,6 +1,7 @@
 """Reflector throughput and turnaround on loopback: prints figures, asserts nothing.
 
     python -m tests.benchmarks.reflector [--seconds 2] [--max-rate 400000] [--no-pin] [--priority 0]
+        [--busy-poll 50]
 
 For unauthenticated and authenticated sessions it finds the highest packet rate the reflector sustains with
 zero loss (every packet sent came back), then measures the turnaround T3 - T2 (from the reply fields, with
@@ -206,11 +207,11 @@ def _generator(
 
 
 class Bench:
-    def __init__(self, mode: SecurityMode, pin: bool, priority: int | None) -> None:
+    def __init__(self, mode: SecurityMode, pin: bool, priority: int | None, busy_poll: float) -> None:
         self.mode = mode
         self.keys_material = (os.urandom(16), os.urandom(32)) if mode.test_is_protected else None
         keys = TestSessionKeys(*self.keys_material) if self.keys_material else None
-        self.reflector = Reflector(ReflectorConfig(realtime_priority=priority))
+        self.reflector = Reflector(ReflectorConfig(realtime_priority=priority, busy_poll=busy_poll))
         port = self.reflector.reserve_port(HOST, 0)
         cpus = set(range(os.cpu_count() or 1))
         if pin and len(cpus) > 1:
@@ -351,6 +352,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=2.0, help="length of each trial")
     parser.add_argument("--max-rate", type=float, default=400_000)
     parser.add_argument("--no-pin", action="store_true", help="do not pin the reflector thread to CPU 0")
+    parser.add_argument("--busy-poll", type=float, default=0.0, help="reflector busy polling, microseconds")
     parser.add_argument(
         "--priority", type=int, default=10, help="SCHED_FIFO priority of the reflector; 0: none"
     )
@@ -359,11 +361,12 @@ def main() -> int:
         f"reflector benchmark: loopback {HOST}, {os.cpu_count()} CPUs, load average "
         f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}, padding {PADDING}, trials of {args.seconds} s, "
         f"reflector thread {'unpinned' if args.no_pin else 'pinned to CPU 0'}, "
-        f"SCHED_FIFO {args.priority or 'off'}, generator in its own processes"
+        f"SCHED_FIFO {args.priority or 'off'}, busy poll {args.busy_poll:g} us, "
+        "generator in its own processes"
     )
     per_packet_costs()
     for mode in (SecurityMode.UNAUTHENTICATED, SecurityMode.AUTHENTICATED):
-        bench = Bench(mode, not args.no_pin, args.priority or None)
+        bench = Bench(mode, not args.no_pin, args.priority or None, args.busy_poll / 1e6)
         try:
             timestamps = bench.reflector.totals().kernel_timestamps
             best = find_max_rate(bench, args.seconds, args.max_rate)
