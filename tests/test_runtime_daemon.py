@@ -560,5 +560,76 @@ def test_sigterm_removes_the_socket(tmp_path: Path) -> None:
         status = runtime.stop()
     assert status == 0
     assert not os.path.exists(runtime.path)
+    assert "Traceback" not in runtime.stderr()
     with socket.socket() as probe:  # the TWAMP listener went with the process
         assert probe.connect_ex(("127.0.0.1", ports["twamp"])) != 0
+
+
+def poll_state(client: ControlClient, found: Any, what: str) -> dict[str, Any]:
+    """get-state until `found(state)` is true (bounded by WAIT); the state it was true for."""
+    deadline = time.monotonic() + WAIT
+    while True:
+        state: dict[str, Any] = client.request("get-state")["state"]
+        if found(state):
+            return state
+        assert time.monotonic() < deadline, f"never saw {what}: {state}"
+        time.sleep(0.05)
+
+
+def test_server_state_of_a_running_session_and_cancelled_client(
+    tmp_path: Path, runtimes: list[RuntimeProcess]
+) -> None:
+    a, b = start_pair(tmp_path, runtimes)
+    ports = new_ports()
+    control_a, control_b = a.connect(), b.connect()
+    server = server_config(ports)
+    server["twamp-nf-twamp:twamp"]["server"]["control-packet-dscp"] = 46
+    assert control_a.request("apply", config=server)["ok"] is True
+    client = client_config(ports, "long", "authenticated ikev2-derived", packets=3000)
+    connection = client["twamp-nf-twamp:twamp"]["client"]["ctrl-connection"][0]
+    connection["client-ip"] = "127.0.0.1"
+    connection["control-packet-dscp"] = 46
+    assert control_b.request("apply", config=client)["ok"] is True
+
+    def serving(state: dict[str, Any]) -> bool:
+        twamp = state["twamp-nf-twamp:twamp"]
+        return bool(twamp["server"]["ctrl-connection"]) and bool(twamp["session-reflector"]["test-session"])
+
+    state_a = poll_state(control_a, serving, "the server side of the session")
+    twamp = state_a["twamp-nf-twamp:twamp"]
+    (entry,) = twamp["server"]["ctrl-connection"]
+    assert entry["client-ip"] == "127.0.0.1" and entry["server-tcp-port"] == ports["twamp"]
+    assert entry["selected-mode"] == "authenticated ikev2-derived" and entry["count"] == 1024
+    assert entry["state"] == "active" and entry["test-sessions"] == 1
+    (sa,) = state_a["twamp-nf-ike:ike"]["ike-sa"]
+    assert entry["key-source"] == {
+        "twamp-nf-ike-binding:spi-i": sa["spi-i"],
+        "twamp-nf-ike-binding:spi-r": sa["spi-r"],
+    }
+    (reflected,) = twamp["session-reflector"]["test-session"]
+    assert reflected["parent-connection-client-tcp-port"] == entry["client-tcp-port"]
+    assert reflected["reflector-ip"] == "127.0.0.1" and len(reflected["sid"]) == 32
+    assert_yang_valid("data", merged(server, state_a), tmp_path)
+
+    state_b = poll_state(
+        control_b,
+        lambda s: sender_session(s, "long-s1")["state"] == "active",
+        "the session sending",
+    )
+    assert (
+        state_b["twamp-nf-twamp:twamp"]["client"]["ctrl-connection"][0]["client-tcp-port"]
+        == entry["client-tcp-port"]
+    )
+
+    # removing the client stops its run: the sender threads end and the server sees the connection go
+    del client["twamp-nf-twamp:twamp"]["client"], client["twamp-nf-twamp:twamp"]["session-sender"]
+    assert control_b.request("apply", config=client)["ok"] is True
+    assert "client" not in control_b.request("get-state")["state"]["twamp-nf-twamp:twamp"]
+    poll_state(
+        control_a,
+        lambda s: not s["twamp-nf-twamp:twamp"]["server"]["ctrl-connection"],
+        "the control connection closed",
+    )
+    assert control_b.request("hello", version=1)["ok"] is True
+    assert b.stop() == 0
+    assert "Traceback" not in b.stderr() and "never retrieved" not in b.stderr()

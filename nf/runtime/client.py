@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 from collections import Counter
@@ -26,10 +27,11 @@ from nf.net.control_connector import (
     records_of,
 )
 from nf.net.sender import SenderResult, SessionSender
+from nf.net.socket_options import set_dscp
 from nf.runtime import events
 from nf.runtime.config import ConnectionPlan, PeerPlan, SessionPlan, modes_to_text, ntp_to_unix, unix_to_ntp
 from nf.runtime.ike import IKEHub, ListenerScope
-from nf.twamp.control_client import ClientConfig, SessionRequest
+from nf.twamp.control_client import ClientConfig, ControlClient, SessionRequest
 from nf.twamp.control_events import SessionAccepted, SessionRejected, SetupCompleted, StartAcked
 from nf.twamp.modes import SECURITY_MODES, Accept, Modes, SecurityMode
 from nf.twamp.results import Summary, summarize
@@ -52,6 +54,41 @@ class _Measurement(MeasurementConfig):
     def client_config(self) -> ClientConfig:
         assert self.given is not None
         return self.given
+
+
+class _Connection(ControlConnection):
+    """ControlConnection from a configured local address (client-ip), with the configured DSCP."""
+
+    def __init__(self, config: _Measurement, local_address: str | None, dscp: int) -> None:
+        super().__init__(config, os.urandom)
+        self._local_address = local_address
+        self._dscp = dscp
+
+    async def connect(self) -> None:
+        config = self.config
+        local = (self._local_address, 0) if self._local_address is not None else None
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(config.host, config.port, local_addr=local), config.timeout
+            )
+        except TimeoutError:
+            raise ControlClientError(f"timed out connecting to {config.host} port {config.port}") from None
+        except OSError as exc:
+            raise ControlClientError(
+                f"cannot connect to {config.host} port {config.port}: {exc.strerror or exc}"
+            ) from None
+        sock = writer.get_extra_info("socket")
+        if sock is not None and self._dscp:
+            with contextlib.suppress(OSError):
+                set_dscp(sock, self._dscp)
+        self.reader, self.writer = reader, writer
+        self.local = str(writer.get_extra_info("sockname")[0]).split("%", 1)[0]
+        self.machine = ControlClient(
+            config.client_config(),
+            rng=self.rng,
+            local_address=self.local,
+            peer_address=str(writer.get_extra_info("peername")[0]).split("%", 1)[0],
+        )
 
 
 @dataclass
@@ -116,8 +153,6 @@ class ClientRun:
         self.task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await self.task
-        for sender in self._senders:
-            sender.cancel()
         if self._binding is not None:
             self._binding.close()
         if self._scope is not None:
@@ -227,7 +262,7 @@ class ClientRun:
             max_count_exponent=plan.max_count_exponent,
             given=given,
         )
-        control = ControlConnection(config, os.urandom)
+        control = _Connection(config, plan.client_address, plan.dscp)
         try:
             await control.connect()
             assert control.writer is not None and control.machine is not None
@@ -280,7 +315,7 @@ class ClientRun:
             raise ControlClientError(f"Start-Ack {int(ack.accept)}", None, ack.accept)
         for session, _, _ in accepted:
             self.state.sessions[session.name].state = "active"
-        results = await asyncio.gather(*(_send(s, sender, params) for s, sender, params in accepted))
+        results = await _run_senders(accepted)
         machine.stop_sessions(Accept.OK)
         await control.flush()
         for (session, _, params), result in zip(accepted, results, strict=True):
@@ -322,15 +357,33 @@ def _zero_fill(length: int) -> bytes:
     return bytes(length)
 
 
-async def _send(session: SessionPlan, sender: SessionSender, params: TestSessionParams) -> SenderResult:
-    start_at = ntp_to_unix(session.start_time_ntp) if session.start_time_ntp else None
-    return await asyncio.to_thread(
-        sender.run,
-        params,
-        count=session.count,
-        interval=session.interval,
-        schedule=session.schedule,
-        reply_timeout=max(session.timeout, 1.0),
-        random_bytes=os.urandom if session.random_fill else _zero_fill,
-        start_at=start_at,
-    )
+async def _run_senders(
+    accepted: list[tuple[SessionPlan, SessionSender, TestSessionParams]],
+) -> list[SenderResult]:
+    """Each SessionSender in a worker thread (the sender is a blocking fast path). When the run is
+    cancelled (reconfiguration, shutdown) the senders are told to stop and their threads are waited for,
+    so no thread is left using a socket that is about to be closed."""
+    loop = asyncio.get_running_loop()
+    futures = [
+        loop.run_in_executor(
+            None,
+            functools.partial(
+                sender.run,
+                params,
+                count=session.count,
+                interval=session.interval,
+                schedule=session.schedule,
+                reply_timeout=max(session.timeout, 1.0),
+                random_bytes=os.urandom if session.random_fill else _zero_fill,
+                start_at=ntp_to_unix(session.start_time_ntp) if session.start_time_ntp else None,
+            ),
+        )
+        for session, sender, params in accepted
+    ]
+    try:
+        return list(await asyncio.shield(asyncio.gather(*futures)))
+    except asyncio.CancelledError:
+        for _, sender, _ in accepted:
+            sender.cancel()
+        await asyncio.wait(futures)
+        raise

@@ -304,6 +304,8 @@ def build_plan(config: Any) -> Plan:
         if name not in (TOP_TWAMP, TOP_IKE):
             raise ConfigError("unknown-element", f"/{name}", "not a top-level node of the runtime's modules")
     ike = _ike(_Node(config[TOP_IKE], f"/{TOP_IKE}")) if TOP_IKE in config else None
+    if ike is not None and not ike.peers:
+        ike = None  # identities alone: nobody to talk to, so no socket (an empty container binds nothing)
     peers = ike.peers if ike is not None else {}
     twamp = _Node(config.get(TOP_TWAMP, {}), f"/{TOP_TWAMP}")
     reflector_node = twamp.child("session-reflector")

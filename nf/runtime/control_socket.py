@@ -111,7 +111,7 @@ class ControlSocketServer:
         finally:
             client.close()
             writer.close()
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception, asyncio.CancelledError):  # shutdown cancels this wait
                 await writer.wait_closed()
             self._clients.discard(task)
 

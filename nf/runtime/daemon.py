@@ -148,6 +148,7 @@ class Runtime:
         reflector = Reflector(_reflector_config(plan.reflector))
         listener = RuntimeListener(config, server.limits, reflector, self.publish, binding)
         listener.max_test_sessions = plan.reflector.max_sessions
+        listener.dscp = server.dscp
         try:
             addresses = await listener.listen(server.address or "", server.port)  # "" = every address
         except OSError as exc:
@@ -182,6 +183,7 @@ class Runtime:
             current.listener.use_binding(prepared.binding)
             current.reflector.config = _reflector_config(plan.reflector)
             current.listener.max_test_sessions = plan.reflector.max_sessions
+            current.listener.dscp = plan.server.dscp
             current.plan = plan.server
             return
         if current is not None:

@@ -9,6 +9,7 @@ without changing the listener: every call for one connection runs inside that co
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from nf.binding import ServerBinding, UnknownSA
 from nf.net.control_listener import ControlListener
 from nf.net.limits import Limits
 from nf.net.reflector import Reflector
+from nf.net.socket_options import set_dscp
 from nf.runtime import events
 from nf.twamp.control_server import ControlServer, ServerConfig
 from nf.twamp.keysource import SharedSecret
@@ -92,6 +94,7 @@ class RuntimeListener(ControlListener):
         self._refusing = ServerConfig(modes=Modes(0), count=config.count)
 
     max_test_sessions = 256  # session-reflector/limits/max-test-sessions
+    dscp: int | None = None  # server control-packet-dscp (None: the host's default)
 
     def reflector_port(self, address: str, requested: int) -> int:
         """Refuses a new test session at max-test-sessions (Accept-Session answers a resource limit)."""
@@ -111,6 +114,10 @@ class RuntimeListener(ControlListener):
         )
         _current.set(connection)
         self.connections.add(connection)
+        sock = writer.get_extra_info("socket")
+        if sock is not None and self.dscp is not None:
+            with contextlib.suppress(OSError):
+                set_dscp(sock, self.dscp)
         try:
             await super()._accept(reader, writer)
         finally:
