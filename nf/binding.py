@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from nf.ike.errors import IKEError
 from nf.ike.exchanges import PeerConfig
 from nf.ike.identities import Identity
 from nf.ike.sa import IKESA, Address, Deleted, Established, Event, Failed, Rekeyed, SAState, spis_text
@@ -95,11 +96,15 @@ def _same_host(a: str, b: str) -> bool:
 
 
 def _identity_allowed(patterns: Sequence[Identity], peer_id: str) -> bool:
+    """Whether an SA's authenticated peer identity (IKESA.peer_id, its text form) matches a pattern.
+
+    Fails closed: an identity text that does not parse back matches nothing.
+    """
     if not peer_id:
         return False
     try:
         received = Identity.parse(peer_id)
-    except ValueError:
+    except (ValueError, IKEError):
         return False
     return any(pattern.matches(received) for pattern in patterns)
 

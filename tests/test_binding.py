@@ -135,6 +135,15 @@ def test_allow_list_matches_the_authenticated_identity() -> None:
     assert binding.counters() == {"served": 1, "peer-not-allowed": 2}
 
 
+@pytest.mark.parametrize("text", ["ipv4:xyz", "C=ZZ, CN", ""])
+def test_peer_identity_text_that_does_not_parse_fails_closed(text: str) -> None:
+    server, _, theirs = established()
+    theirs.peer_id = text  # what the IKE layer recorded for the SA; the binding must not trust odd text
+    binding = ServerBinding(server, [Identity.parse("%any")])
+    assert binding.secret_for(key_id_of(theirs.spis)) is None
+    assert binding.counters() == {"served": 0, "peer-not-allowed": 1}
+
+
 def test_a_failing_observer_does_not_fail_the_lookup() -> None:
     server, _, _ = established()
     binding = ServerBinding(server, [Identity.parse("%any")])
