@@ -423,3 +423,34 @@ def test_wrong_password_is_refused_and_counted(rig: Rig) -> None:
     with pytest.raises(Exception):  # noqa: B017 (ncclient's AuthenticationError)
         rig.connect("admin", PASSWORD + "x")
     assert rig.app.counters.get(Reason.AUTH_FAILED) >= 1
+
+
+def test_public_key_authentication(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from tests.test_netconf_harness import users_toml
+
+    key = Ed25519PrivateKey.generate()
+    key_file = tmp_path / "id_ed25519"
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+        )
+    )
+    key_file.chmod(0o600)
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    rig = Rig(tmp_path, users=users_toml(reader_key=public.decode()))
+    try:
+        m = rig.connect("reader", None, key_filename=str(key_file))
+        assert "data" in m.get_config("running").xml
+        other = Ed25519PrivateKey.generate()
+        (tmp_path / "other").write_bytes(
+            other.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+            )
+        )
+        with pytest.raises(Exception):  # noqa: B017 (ncclient's AuthenticationError)
+            rig.connect("reader", None, key_filename=str(tmp_path / "other"))
+    finally:
+        rig.close()
