@@ -233,3 +233,14 @@ def test_server_octets_lead_the_padding(sender: SessionSender) -> None:
         scripted.close()
     assert [p.padding[:2] for p in scripted.seen] == [b"\x12\x34"] * 3
     assert all(len(p.padding) == 30 for p in scripted.seen)
+
+
+def test_cancel_also_ends_the_wait_for_replies(sender: SessionSender) -> None:
+    silent = ScriptedReflector(SecurityMode.UNAUTHENTICATED, None, lambda _p, _r: [])
+    try:
+        params = _params(sender, silent.port, SecurityMode.UNAUTHENTICATED, None)
+        threading.Timer(0.3, sender.cancel).start()
+        result = sender.run(params, count=2, interval=0.0, reply_timeout=3600)  # returns only if cancelled
+    finally:
+        silent.close()
+    assert (result.sent, result.received, result.lost) == (2, 0, 2)

@@ -155,6 +155,7 @@ class SessionSender:
         self.port: int = self._sock.getsockname()[1]
         self._clock_sync = clock_sync or ClockSyncCache()
         self._cancel = threading.Event()
+        self._state: _ReceiveState | None = None
         self._bad_log = RateLimitedLog(log)
 
     def __repr__(self) -> str:
@@ -163,6 +164,9 @@ class SessionSender:
     def cancel(self) -> None:
         """Makes a running run() stop sending and return what it has (from any thread)."""
         self._cancel.set()
+        state = self._state
+        if state is not None:
+            state.complete.set()  # also ends the wait for stragglers
 
     def close(self) -> None:
         self._sock.close()
@@ -207,6 +211,7 @@ class SessionSender:
         t1s: list[int] = []
         replies: dict[int, _Reply] = {}
         state = _ReceiveState(count)
+        self._state = state
         receiver = threading.Thread(
             target=self._receive,
             args=(codec, expected, params.reflect_octets, t1s, replies, state),
@@ -244,6 +249,7 @@ class SessionSender:
         finally:
             state.stop = True
             receiver.join()
+            self._state = None
         finished_at = time.time()
         return self._result(params, t1s, replies, state, ee, started_at, finished_at)
 
