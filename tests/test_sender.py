@@ -239,7 +239,7 @@ def test_cancel_also_ends_the_wait_for_replies(sender: SessionSender) -> None:
     silent = ScriptedReflector(SecurityMode.UNAUTHENTICATED, None, lambda _p, _r: [])
     try:
         params = _params(sender, silent.port, SecurityMode.UNAUTHENTICATED, None)
-        threading.Timer(0.3, sender.cancel).start()
+        threading.Timer(1.0, sender.cancel).start()
         result = sender.run(params, count=2, interval=0.0, reply_timeout=3600)  # returns only if cancelled
     finally:
         silent.close()
