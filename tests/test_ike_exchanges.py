@@ -550,3 +550,114 @@ def test_retransmitted_ike_sa_init_is_answered_from_state_and_late_copies_ignore
     assert nonce is not None and b.registry.by_init(A, sa.spi_i, nonce.data) is sa
     b.registry.remove(sa)  # removal forgets the IKE_SA_INIT index too
     assert b.registry.by_init(A, sa.spi_i, nonce.data) is None and len(b.registry) == 0
+
+
+class ScriptedRng:
+    """os.urandom, except that queued nonces answer the next requests for 32 octets (with ECP-256 and
+    AES-GCM nothing else asks for 32 octets), so a test decides which rekey holds the lowest nonce."""
+
+    def __init__(self) -> None:
+        self.nonces: list[bytes] = []
+
+    def __call__(self, size: int) -> bytes:
+        if size == 32 and self.nonces:
+            return self.nonces.pop(0)
+        return os.urandom(size)
+
+
+LOW, MID, HIGH = bytes(32), b"\x80" + bytes(31), b"\xff" * 32
+COLLIDING = "aes128gcm16-prfsha256-ecp256"
+
+
+def colliding_rekeys(
+    a_nonces: list[bytes], b_nonces: list[bytes]
+) -> tuple[IKEEngine, IKEEngine, IKESA, bytes, bytes]:
+    """An established SA that both engines start to rekey at once: (a, b, a's SA, a's and b's request)."""
+    a_rng, b_rng = ScriptedRng(), ScriptedRng()
+    a = IKEEngine(A, a_rng, 0.0, peers=[config("a.test", "b.test", COLLIDING)])
+    b = IKEEngine(B, b_rng, 0.0, peers=[config("b.test", "a.test", COLLIDING)])
+    sa, peer = establish(a, b)
+    events(a), events(b)
+    a_rng.nonces, b_rng.nonces = list(a_nonces), list(b_nonces)  # [Ni of own rekey, Nr of the answer]
+    a.rekey(sa, 1.0)
+    b.rekey(peer, 1.0)
+    ((request_a, _),), ((request_b, _),) = a.datagrams_to_send(), b.datagrams_to_send()
+    return a, b, sa, request_a, request_b
+
+
+def outcome(a: IKEEngine, b: IKEEngine, old: tuple[bytes, bytes], created: int) -> IKESA:
+    """Both engines agree on one surviving SA that replaced `old` (of `created` new ones), and every other
+    SA is gone on both sides; returns a's copy of the survivor."""
+    a_events, b_events = events(a), events(b)
+    (rekeyed_a,) = [e for e in a_events if isinstance(e, Rekeyed)]
+    (rekeyed_b,) = [e for e in b_events if isinstance(e, Rekeyed)]
+    assert rekeyed_a == rekeyed_b and rekeyed_a.old_spis == old
+    assert not [e for e in a_events + b_events if isinstance(e, Failed)]
+    assert [sa.spis for sa in a.registry] == [sa.spis for sa in b.registry] == [rekeyed_a.new_spis]
+    survivor, twin = a.lookup(*rekeyed_a.new_spis), b.lookup(*rekeyed_a.new_spis)
+    assert survivor is not None and twin is not None
+    assert survivor.state == twin.state == SAState.ESTABLISHED
+    assert survivor.ippm_secret() == twin.ippm_secret()
+    assert survivor.initiator is not twin.initiator
+    deleted = {e.spis for e in a_events + b_events if isinstance(e, Deleted)}
+    assert old in deleted and len(deleted) == created  # the old SA and any redundant one
+    return survivor
+
+
+@pytest.mark.parametrize(
+    ("a_nonces", "b_nonces", "a_wins"),
+    [([LOW, HIGH], [MID, HIGH], False), ([HIGH, LOW], [HIGH, MID], True)],
+    ids=["a-holds-the-lowest-nonce", "b-holds-the-lowest-nonce"],
+)
+def test_simultaneous_rekey_both_detect_the_collision_lowest_nonce_loses(
+    a_nonces: list[bytes], b_nonces: list[bytes], a_wins: bool
+) -> None:
+    """RFC 7296 s2.8.2: each answers the other's request; the SA whose exchange holds the lowest of the
+    four nonces is deleted by its creator, and the survivor's creator deletes the old SA."""
+    a, b, sa, request_a, request_b = colliding_rekeys(a_nonces, b_nonces)
+    old = sa.spis
+    b.receive_datagram(request_a, A, 1.0)
+    a.receive_datagram(request_b, B, 1.0)
+    ((response_b, _),), ((response_a, _),) = a.datagrams_to_send(), b.datagrams_to_send()
+    assert not a.counters.snapshot() and not b.counters.snapshot()  # no TEMPORARY_FAILURE either way
+    a.receive_datagram(response_a, B, 1.1)
+    b.receive_datagram(response_b, A, 1.1)
+    pump(a, b, 1.2)
+    survivor = outcome(a, b, old, created=2)
+    assert survivor.initiator is a_wins  # the rekey initiator is the new SA's original initiator
+    assert not a.counters.snapshot() and not b.counters.snapshot()
+
+
+@pytest.mark.parametrize("a_misses", [True, False])
+def test_simultaneous_rekey_one_side_misses_the_collision(a_misses: bool) -> None:
+    """The peer's response overtakes its request: the side that missed the collision completes its rekey,
+    deletes the old SA and answers the late request TEMPORARY_FAILURE; the other keeps that new SA."""
+    a, b, sa, request_a, request_b = colliding_rekeys([LOW, HIGH], [MID, HIGH])
+    old = sa.spis
+    if a_misses:  # b sees a's request while rekeying, a sees b's answer before b's request
+        b.receive_datagram(request_a, A, 1.0)
+        a.receive_datagram(b.datagrams_to_send()[0][0], B, 1.0)
+        a.receive_datagram(request_b, B, 1.0)
+    else:
+        a.receive_datagram(request_b, B, 1.0)
+        b.receive_datagram(a.datagrams_to_send()[0][0], A, 1.0)
+        b.receive_datagram(request_a, A, 1.0)
+    pump(a, b, 1.1)
+    survivor = outcome(a, b, old, created=1)  # the missed request was refused, so it created nothing
+    assert survivor.initiator is a_misses  # whoever missed it kept the SA it created, nonces regardless
+    refuser = a if a_misses else b
+    assert refuser.counters[Reason.REKEY_REFUSED] == 1
+
+
+def test_superseded_sa_whose_delete_never_comes_is_dropped_locally() -> None:
+    a, b = engines("aes128gcm16-prfsha256-x25519", limits=Limits(superseded_timeout=30.0))
+    sa, peer = establish(a, b)
+    events(b)
+    a.rekey(sa, 1.0)
+    ((request, _),) = a.datagrams_to_send()
+    b.receive_datagram(request, A, 1.0)  # b answers; the answer and a's Delete are lost
+    b.datagrams_to_send()
+    assert peer.state == SAState.REKEYED and b.next_timer() == pytest.approx(31.0)
+    b.handle_timer(31.0)
+    assert b.lookup(*sa.spis) is None and len(b.registry) == 1
+    assert [e for e in events(b) if isinstance(e, Deleted)] == [Deleted(sa.spis, "rekeyed")]

@@ -48,6 +48,7 @@ class Reason(enum.Enum):
     HALF_OPEN_TIMEOUT = "half-open-timeout"
     DELETED_BY_PEER = "deleted-by-peer"
     CHILD_SA_REFUSED = "child-sa-refused"
+    REKEY_REFUSED = "rekey-refused"  # we answered a peer's rekey with TEMPORARY_FAILURE
 
 
 class IKECounters:

@@ -11,9 +11,15 @@ counted per reason (nf.ike.counters). Unauthenticated junk (bad ICV, unknown SPI
 is dropped silently; an authenticated malformed request gets INVALID_SYNTAX or UNSUPPORTED_CRITICAL_PAYLOAD;
 a bad AUTH, untrusted certificate or identity mismatch gets AUTHENTICATION_FAILED.
 
+Simultaneous IKE SA rekeys are resolved as RFC 7296 s2.8.2 says and strongSwan's ike_rekey does: a peer's
+rekey request that crosses ours is answered as usual; once both exchanges are done, the new SA whose
+exchange holds the lowest of the four nonces is redundant and its creator deletes it, and the creator of
+the survivor deletes the old SA. A rekey request on an SA we are deleting gets TEMPORARY_FAILURE (s2.25.2),
+and a peer that refused our rekey but then deletes the old SA leaves us the SA it created. A superseded
+or redundant SA whose Delete never comes is dropped locally after `Limits.superseded_timeout`.
+
 Deliberate limits: window size 1, no Child SAs (a Child SA request is answered NO_ADDITIONAL_SAS), no
-IKE fragmentation, no MOBIKE; on simultaneous IKE SA rekeys we answer TEMPORARY_FAILURE while our own
-rekey is in flight (RFC 7296 s2.25) instead of resolving the collision by nonces.
+IKE fragmentation, no MOBIKE.
 """
 
 from __future__ import annotations
@@ -168,6 +174,7 @@ class Limits:
     half_open_timeout: float = 30.0
     cookie_always: bool = False
     cookie_rotate: float = 60.0
+    superseded_timeout: float = 90.0  # a rekeyed/redundant SA whose Delete never comes (strongSwan: 90 s)
 
 
 # --- per-SA exchange state -----------------------------------------------------------------------
@@ -198,12 +205,23 @@ class _RekeyData:
     retries: int = 0
 
 
+@dataclass(frozen=True)
+class _Collision:
+    """The SA a peer's rekey created while ours was in flight, and the lower nonce of its exchange."""
+
+    sa: IKESA
+    lower_nonce: bytes
+
+
 @dataclass
 class _Context:
     config: PeerConfig | None
     init: _InitData | None = None
     rekey: _RekeyData | None = None
     successor: IKESA | None = None  # the SA our rekey created; the Delete runs on this (old) one
+    collision: _Collision | None = None  # the peer's rekey that crossed ours (s2.8.2)
+    redundant: bool = False  # the loser of a rekey collision: its creator deletes it
+    expires: float | None = None  # a REKEYED SA is dropped locally then if its Delete never came
 
 
 def _ctx(sa: IKESA) -> _Context:
@@ -301,8 +319,12 @@ class IKEEngine:
 
     def _deadline(self, sa: IKESA) -> float | None:
         deadline = sa.next_timer()
+        expiry: float | None = None
         if sa.state == SAState.HALF_OPEN:
             expiry = sa.created + self.limits.half_open_timeout
+        elif sa.state == SAState.REKEYED:
+            expiry = _ctx(sa).expires
+        if expiry is not None:
             deadline = expiry if deadline is None else min(deadline, expiry)
         return deadline
 
@@ -511,6 +533,12 @@ class IKEEngine:
             if sa.state == SAState.HALF_OPEN and now >= sa.created + self.limits.half_open_timeout:
                 self._fail(sa, Reason.HALF_OPEN_TIMEOUT)
                 continue
+            expires = _ctx(sa).expires
+            if sa.state == SAState.REKEYED and expires is not None and now >= expires:
+                self._count(Reason.TIMEOUT, f"{spis_text(sa.spis)} superseded SA never deleted by the peer")
+                self._remove(sa, SAState.DELETED)
+                self._events.append(Deleted(sa.spis, _superseded_reason(sa)))
+                continue
             due = sa.retransmit_due(now)
             if due is False:
                 self._timed_out(sa)
@@ -524,7 +552,7 @@ class IKEEngine:
             self._count(Reason.TIMEOUT, spis_text(sa.spis))
             old_state = sa.state
             self._remove(sa, SAState.DELETED)
-            reason = "rekeyed" if old_state == SAState.REKEYED else "timeout"
+            reason = _superseded_reason(sa) if old_state == SAState.REKEYED else "timeout"
             self._events.append(Deleted(sa.spis, reason))
         else:
             self._fail(sa, Reason.TIMEOUT, "no response from the peer")
@@ -1077,7 +1105,10 @@ class IKEEngine:
             self._rekey_response(sa, message, now)
         elif header.exchange == ExchangeType.INFORMATIONAL:
             if sa.state == SAState.DELETING:
-                reason = "rekeyed" if _ctx(sa).successor is not None else "deleted"
+                ctx = _ctx(sa)
+                reason = (
+                    "redundant" if ctx.redundant else "rekeyed" if ctx.successor is not None else "deleted"
+                )
                 self._remove(sa, SAState.DELETED)
                 self._events.append(Deleted(sa.spis, reason))
         else:
@@ -1089,7 +1120,18 @@ class IKEEngine:
         deletes_ike = any(d.protocol == PROTOCOL_IKE for d in message.all(DeletePayload))
         self._respond(sa, header, [])  # always answer; an empty response is fine (s1.4)
         if deletes_ike:
-            reason = "rekeyed" if sa.state == SAState.REKEYED else Reason.DELETED_BY_PEER.value
+            ctx = _ctx(sa)
+            collision = ctx.collision
+            if ctx.rekey is not None and collision is not None and collision.sa in self.registry:
+                # the peer missed the collision: it refuses (or never saw) our rekey and keeps its own
+                ctx.rekey = ctx.collision = None
+                collision.sa.state = SAState.ESTABLISHED
+                self._events.append(Rekeyed(sa.spis, collision.sa.spis))
+                reason = "rekeyed"
+            elif sa.state == SAState.REKEYED:
+                reason = _superseded_reason(sa)
+            else:
+                reason = Reason.DELETED_BY_PEER.value
             self._remove(sa, SAState.DELETED)
             self._events.append(Deleted(sa.spis, reason))
             return
@@ -1117,7 +1159,9 @@ class IKEEngine:
             self._count(Reason.CHILD_SA_REFUSED, spis_text(sa.spis))
             self._respond(sa, header, [NotifyPayload(NotifyType.NO_ADDITIONAL_SAS)])
             return
-        if sa.state != SAState.ESTABLISHED or _ctx(sa).rekey is not None:
+        ctx = _ctx(sa)
+        if sa.state != SAState.ESTABLISHED or ctx.collision is not None:  # e.g. deleting it (s2.25.2)
+            self._count(Reason.REKEY_REFUSED, f"{spis_text(sa.spis)} rekey request in {sa.state.value}")
             self._respond(sa, header, [NotifyPayload(NotifyType.TEMPORARY_FAILURE)])
             return
         if ke is None or nonce is None:
@@ -1128,7 +1172,7 @@ class IKEEngine:
         keymat = sa.keymat_or_fail()
         current = keymat.suite
         # keep the PRF: strongSwan and RFC 7296 disagree on the prf+ PRF if it changed (ikev2.md s9)
-        config = _ctx(sa).config
+        config = ctx.config
         own_specs = config.proposals if config is not None else self._responder_proposals()
         specs = tuple(
             ProposalSpec(s.encrs, s.integs, (current.prf,), s.dh_groups)
@@ -1177,12 +1221,40 @@ class IKEEngine:
                 KEPayload(suite.dh.transform_id, our_ke.public_value),
             ],
         )
+        if ctx.rekey is not None:  # both sides rekey at once: settled when our own response arrives
+            pending = self._successor(
+                sa,
+                spi_i=peer_spi,
+                spi_r=new_spi,
+                initiator=False,
+                keymat=new_keymat,
+                now=now,
+                state=SAState.REKEYED,
+            )
+            _ctx(pending).expires = now + self.limits.superseded_timeout
+            self._arm(pending)
+            ctx.collision = _Collision(pending, min(nonce.data, nonce_r))
+            return
         new = self._successor(sa, spi_i=peer_spi, spi_r=new_spi, initiator=False, keymat=new_keymat, now=now)
-        sa.state = SAState.REKEYED  # the peer deletes the old SA next (s1.3.2)
+        self._superseded(sa, now)  # the peer deletes the old SA next (s1.3.2)
         self._events.append(Rekeyed(sa.spis, new.spis))
 
+    def _superseded(self, sa: IKESA, now: float) -> None:
+        """`sa` was replaced; its Delete is the peer's to send, and if that never comes we drop it."""
+        sa.state = SAState.REKEYED
+        _ctx(sa).expires = now + self.limits.superseded_timeout
+        self._arm(sa)
+
     def _successor(
-        self, old: IKESA, *, spi_i: bytes, spi_r: bytes, initiator: bool, keymat: IKEKeymat, now: float
+        self,
+        old: IKESA,
+        *,
+        spi_i: bytes,
+        spi_r: bytes,
+        initiator: bool,
+        keymat: IKEKeymat,
+        now: float,
+        state: SAState = SAState.ESTABLISHED,
     ) -> IKESA:
         new = IKESA(
             spi_i=spi_i,
@@ -1194,7 +1266,7 @@ class IKEEngine:
             created=now,
         )
         new.install_keymat(keymat)
-        new.state = SAState.ESTABLISHED
+        new.state = state
         new.peer_id = old.peer_id
         new.established_at = now
         new.exchange_state = _Context(_ctx(old).config)
@@ -1206,6 +1278,9 @@ class IKEEngine:
         rekey = ctx.rekey
         assert rekey is not None
         keymat = sa.keymat_or_fail()
+        collision = ctx.collision
+        if collision is not None and collision.sa not in self.registry:
+            collision = ctx.collision = None  # the peer already deleted the SA it created: it lost
         invalid_ke = message.notifies(NotifyType.INVALID_KE_PAYLOAD)
         if invalid_ke and len(invalid_ke[0].data) >= 2 and rekey.retries < MAX_INIT_RETRIES:
             group_id = int.from_bytes(invalid_ke[0].data[:2], "big")
@@ -1221,6 +1296,9 @@ class IKEEngine:
         )
         if errors or sa_payload is None or ke is None or nonce is None or len(sa_payload.proposals) != 1:
             ctx.rekey = None
+            if collision is not None:  # the peer missed the collision and refused ours: keep its SA
+                self._adopt(sa, collision.sa, now)
+                return
             detail = f"notify {errors[0].notify_type}" if errors else "malformed response"
             self._count(Reason.PEER_REFUSED, f"{spis_text(sa.spis)} rekey: {detail}")
             self._events.append(Failed(sa.spis, "rekey-refused", detail))
@@ -1241,6 +1319,9 @@ class IKEEngine:
             shared = rekey.ke.shared_secret(ke.data)
         except (ProposalError, KeyExchangeError) as exc:
             ctx.rekey = None
+            if collision is not None:
+                self._adopt(sa, collision.sa, now)
+                return
             self._count(Reason.PEER_REFUSED, f"{spis_text(sa.spis)} rekey: {exc.detail}")
             self._events.append(Failed(sa.spis, "rekey-refused", exc.detail))
             return
@@ -1256,10 +1337,35 @@ class IKEEngine:
         new = self._successor(
             sa, spi_i=rekey.new_spi, spi_r=reply.spi, initiator=True, keymat=new_keymat, now=now
         )
-        ctx.rekey, ctx.successor = None, new
+        ctx.rekey = None
+        if collision is not None:
+            ctx.collision = None
+            if min(rekey.nonce, nonce.data) < collision.lower_nonce:
+                # s2.8.2: our exchange holds the lowest nonce, so the SA we created goes and theirs stays
+                new_ctx = _ctx(new)
+                new_ctx.redundant = True
+                new.state = SAState.DELETING
+                self._request(new, ExchangeType.INFORMATIONAL, [DeletePayload(PROTOCOL_IKE)], now)
+                self._adopt(sa, collision.sa, now)
+                return
+            loser = _ctx(collision.sa)  # the peer deletes the SA it created; we delete the old one
+            loser.redundant = True
+            self._arm(collision.sa)
+        ctx.successor = new
         self._events.append(Rekeyed(sa.spis, new.spis))
         sa.state = SAState.DELETING  # the Delete is the last request on the old SA (s2.8)
         self._request(sa, ExchangeType.INFORMATIONAL, [DeletePayload(PROTOCOL_IKE)], now)
+
+    def _adopt(self, old: IKESA, new: IKESA, now: float) -> None:
+        """The SA the peer's rekey created replaces `old`; the peer deletes `old` (s2.8.2)."""
+        new.state = SAState.ESTABLISHED
+        _ctx(new).expires = None
+        self._superseded(old, now)
+        self._events.append(Rekeyed(old.spis, new.spis))
+
+
+def _superseded_reason(sa: IKESA) -> str:
+    return "redundant" if _ctx(sa).redundant else "rekeyed"
 
 
 def _signer(config: PeerConfig) -> Signer:
