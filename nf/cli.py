@@ -8,6 +8,8 @@ import sys
 from collections.abc import Sequence
 from typing import Protocol, cast
 
+from nf.core_dumps import forbid_core_dumps
+
 # subcommand name -> module in nf.commands
 COMMANDS = {
     "reflect": "reflect",
@@ -51,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    forbid_core_dumps()
     try:
         return int(args._run(args))
     except KeyboardInterrupt:
