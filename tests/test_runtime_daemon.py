@@ -436,6 +436,11 @@ def test_ikev2_keyed_session_between_two_runtimes(tmp_path: Path, runtimes: list
     assert_no_secret(events_a.raw, events_b.raw, config_a.raw, config_b.raw, a.stderr(), b.stderr())
     assert_yang_valid("data", merged(changed, config_b.request("get-state")["state"]), tmp_path)
     assert_yang_valid("data", merged(server_config(ports), config_a.request("get-state")["state"]), tmp_path)
+    # a runtime that stops deletes its SAs with the peer
+    assert b.stop() == 0
+    down = events_a.wait_event("twamp-nf-ike:ike-sa-down", {"spi-i": spis[0], "spi-r": spis[1]})
+    assert down["data"]["reason"] == "deleted-by-peer" and down["data"]["peer"] == "b"
+    assert "ike-sa" not in config_a.request("get-state")["state"]["twamp-nf-ike:ike"]
     assert_events_valid(events_a, tmp_path)
     assert_events_valid(events_b, tmp_path)
 

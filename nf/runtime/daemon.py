@@ -24,7 +24,7 @@ from nf.runtime import state as state_json
 from nf.runtime.client import ClientRun
 from nf.runtime.config import ConfigError, IKEPlan, Plan, ReflectorPlan, ServerPlan, build_plan
 from nf.runtime.events import EventBus
-from nf.runtime.ike import IKEHub
+from nf.runtime.ike import IKEHub, retire_endpoint
 from nf.runtime.server import RecordingKeySource, RuntimeListener
 from nf.twamp.control_server import ServerConfig
 
@@ -171,7 +171,7 @@ class Runtime:
     async def _commit(self, plan: Plan, prepared: _Prepared) -> None:
         old_endpoint = self.hub.install(plan.ike, prepared.endpoint)
         if old_endpoint is not None:
-            old_endpoint.close()
+            await retire_endpoint(old_endpoint)
         await self._commit_server(plan, prepared)
         await self._commit_clients(plan)
         self.plan = plan
@@ -225,4 +225,4 @@ class Runtime:
                 await self.server.listener.close()
                 self.server.reflector.close()
                 self.server = None
-            self.hub.close()
+            await self.hub.close()

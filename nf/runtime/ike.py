@@ -28,6 +28,7 @@ from nf.runtime.config import IKEPlan, PeerPlan
 log = logging.getLogger("nf.runtime.ike")
 
 RETRY_DELAY = 5.0  # seconds between auto-initiate attempts after a failure
+DELETE_TIMEOUT = 2.0  # seconds a peer gets to acknowledge the Delete of an SA we end
 
 
 @dataclass
@@ -189,13 +190,14 @@ class IKEHub:
                 total.update(self.endpoint.counters.snapshot())
         return total
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        """Shutdown: stop auto-initiation, delete every SA with its peer (bounded), close the socket."""
         for _, task in self._auto.values():
             task.cancel()
         self._auto.clear()
-        if self.endpoint is not None:
-            self.endpoint.close()
-            self.endpoint = None
+        endpoint, self.endpoint = self.endpoint, None
+        if endpoint is not None:
+            await retire_endpoint(endpoint)
 
     # --- SA bookkeeping and notifications
 
@@ -296,6 +298,22 @@ class IKEHub:
             self._changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), RETRY_DELAY)
+
+
+async def retire_endpoint(endpoint: IKEEndpoint, timeout: float = DELETE_TIMEOUT) -> None:
+    """Tells the peers of every established SA that it ends (INFORMATIONAL Delete), then closes the socket;
+    a peer that does not answer within `timeout` finds out by its own liveness check."""
+    engine = endpoint.engine
+    established = [sa for sa in engine.registry if sa.state is SAState.ESTABLISHED] if engine else []
+    if established:
+        deletes = [asyncio.ensure_future(endpoint.delete(sa, timeout)) for sa in established]
+        await asyncio.wait(deletes, timeout=timeout)
+        for task in deletes:
+            if not task.done():
+                task.cancel()
+            elif not task.cancelled():
+                task.exception()  # retrieved: a peer that failed to answer is not an error here
+    endpoint.close()
 
 
 def _lifetimes(plan: IKEPlan) -> Lifetimes:
