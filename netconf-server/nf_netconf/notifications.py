@@ -120,7 +120,9 @@ class NotificationHub:
                 body = selected[0]
             else:
                 body = etree.fromstring(etree.tostring(content))
-            notification = etree.Element(f"{{{NOTIF_NS}}}notification", nsmap={None: NOTIF_NS})
+            nsmap: dict[str | None, str] = {None: NOTIF_NS}
+            nsmap.update(self.schema.xml_prefixes)
+            notification = etree.Element(f"{{{NOTIF_NS}}}notification", nsmap=nsmap)
             etree.SubElement(notification, f"{{{NOTIF_NS}}}eventTime").text = event_time
             notification.append(body)
             try:

@@ -87,6 +87,9 @@ class Schema:
         self.roots: dict[str, NodeInfo] = {}
         self.notifications: dict[str, str] = {}  # Clark tag -> module:name
         self.revisions: dict[str, str] = {}
+        # YANG prefix -> namespace: identityref values are printed as "prefix:identity" text, which only
+        # resolves if the prefix is declared on an ancestor; every serialized root declares them all.
+        self.xml_prefixes: dict[str, str] = {}
         self.features: dict[str, list[str]] = {}
         for name in self.modules:
             module = self._ctx.load_module(name)
@@ -95,6 +98,7 @@ class Schema:
             module = self._ctx.get_module(name)
             ns = c2str(module.cdata.ns)
             self.namespaces[name] = ns
+            self.xml_prefixes[module.prefix()] = ns
             revision = c2str(module.cdata.revision) if module.cdata.revision else None
             if revision:
                 self.revisions[name] = revision

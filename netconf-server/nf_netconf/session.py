@@ -140,6 +140,7 @@ class Session(netconf.server.NetconfServerSession):  # type: ignore[misc]
     def _reply(self, rpc: etree._Element | None, body: list[etree._Element] | etree._Element) -> None:
         attrib = dict(rpc.attrib) if rpc is not None else {}
         nsmap = dict(rpc.nsmap) if rpc is not None else {}
+        nsmap.update(self.app.schema.xml_prefixes)
         nsmap[None] = NC_NS
         reply = etree.Element(f"{{{NC_NS}}}rpc-reply", attrib=attrib, nsmap=nsmap)
         if isinstance(body, list):
