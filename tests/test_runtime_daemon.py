@@ -270,7 +270,16 @@ def server_config(ports: dict[str, int], twamp_port: int | None = None) -> dict[
     }
 
 
-def client_config(ports: dict[str, int], connection: str, mode: str, *, packets: int = 20) -> dict[str, Any]:
+def client_config(
+    ports: dict[str, int],
+    connection: str,
+    mode: str,
+    *,
+    packets: int = 20,
+    policy: str = "initiate",
+    auto: bool = True,
+    fallback_mode: str | None = None,
+) -> dict[str, Any]:
     """B: Control-Client with one connection and one test session; IKE initiator towards A."""
     ctrl: dict[str, Any] = {
         "name": connection,
@@ -281,14 +290,17 @@ def client_config(ports: dict[str, int], connection: str, mode: str, *, packets:
     if "ikev2-derived" in mode:
         ctrl["twamp-nf-ike-binding:ikev2-derived"] = {
             "ike-peer": "a",
-            "no-sa-policy": "initiate",
-            "initiate-timeout": 60,
+            "no-sa-policy": policy,
+            **({"initiate-timeout": 60} if policy == "initiate" else {}),
         }
+    chain = [{"priority": 0, "mode": mode}]
+    if fallback_mode is not None:
+        chain.append({"priority": 1, "mode": fallback_mode})
     return {
-        "twamp-nf-ike:ike": ike_config("b", "a", ports["ike_b"], ports["ike_a"], auto=True),
+        "twamp-nf-ike:ike": ike_config("b", "a", ports["ike_b"], ports["ike_a"], auto=auto),
         "twamp-nf-twamp:twamp": {
             "client": {
-                "mode-preference-chain": [{"priority": 0, "mode": mode}],
+                "mode-preference-chain": chain,
                 "ctrl-connection": [ctrl],
             },
             "session-sender": {
@@ -476,7 +488,50 @@ def test_unknown_sa_is_refused_with_accept_6_and_notified(
     state_a = a.clients[0].request("get-state")["state"]["twamp-nf-twamp:twamp"]
     counters = {c["reason"]: c["count"] for c in state_a["error-counter"]}
     assert int(counters["twamp-nf-twamp:control-unknown-sa"]) >= 1
+    state_b = b.clients[0].request("get-state")["state"]["twamp-nf-twamp:twamp"]
+    assert state_b["client"]["ctrl-connection"][0]["last-error"] == "twamp-nf-twamp:control-unknown-sa"
+    counters_b = {c["reason"]: c["count"] for c in state_b["error-counter"]}
+    assert int(counters_b["twamp-nf-twamp:control-unknown-sa"]) >= 1
     assert_events_valid(events_a, tmp_path)
+    assert_events_valid(events_b, tmp_path)
+
+
+def test_no_sa_policies_fail_and_fallback(tmp_path: Path, runtimes: list[RuntimeProcess]) -> None:
+    """RFC 7717 s5.1 without an IKE SA: policy fail gives up at once, fallback uses a key-chain-free mode."""
+    a, b = start_pair(tmp_path, runtimes)
+    ports = new_ports()
+    events_b = subscribed(b)
+    control_b = b.connect()
+    assert a.connect().request("apply", config=server_config(ports))["ok"] is True
+    failing = client_config(ports, "f", "authenticated ikev2-derived", policy="fail", auto=False)
+    assert control_b.request("apply", config=failing)["ok"] is True
+    failed = events_b.wait_event("twamp-nf-twamp:ctrl-connection-failed", {"ctrl-connection": "f"})
+    assert (
+        failed["data"]["reason"] == "twamp-nf-ike-binding:control-no-ike-sa"
+        and failed["data"]["role"] == "client"
+    )
+    state = control_b.request("get-state")["state"]
+    (connection,) = state["twamp-nf-twamp:twamp"]["client"]["ctrl-connection"]
+    assert connection["last-error"] == "twamp-nf-ike-binding:control-no-ike-sa"
+    assert sender_session(state, "f-s1")["state"] == "failed"
+    assert "ike-sa" not in state["twamp-nf-ike:ike"]  # fail never initiates
+    assert_yang_valid("data", merged(failing, state), tmp_path)
+
+    falling = client_config(
+        ports,
+        "fb",
+        "authenticated ikev2-derived",
+        policy="fallback",
+        auto=False,
+        fallback_mode="unauthenticated",
+    )
+    assert control_b.request("apply", config=falling)["ok"] is True
+    fallback = events_b.wait_event("twamp-nf-ike-binding:key-source-fallback", {"ctrl-connection": "fb"})
+    assert fallback["data"] == {"ctrl-connection": "fb", "ike-peer": "a", "selected-mode": "unauthenticated"}
+    events_b.wait_event("twamp-nf-twamp:test-session-completed", {"test-session": "fb-s1"}, timeout=120)
+    state = control_b.request("get-state")["state"]
+    (connection,) = state["twamp-nf-twamp:twamp"]["client"]["ctrl-connection"]
+    assert connection["selected-mode"] == "unauthenticated" and "key-source" not in connection
     assert_events_valid(events_b, tmp_path)
 
 

@@ -42,7 +42,7 @@ log = logging.getLogger("nf.runtime.client")
 CONTROL_TIMEOUT = 30.0  # seconds for connect and each control reply
 RETRY_DELAY = 10.0  # seconds before a failed connection is tried again
 FOREVER = 2**32 - 1  # YANG repeat value meaning "repeat forever"
-NO_IKE_SA = "twamp-nf-ike-binding:control-no-ike-sa"
+NO_IKE_SA = "control-no-ike-sa"  # RFC 7717 binding: the peer gave no SA in time
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,11 +199,7 @@ class ClientRun:
             except ControlClientError as exc:
                 if exc.accept is Accept.UNKNOWN_SA and self._binding is not None and self._keying is not None:
                     self._binding.server_rejected(self._keying)
-                reason = (
-                    f"twamp-nf-twamp:control-{exc.reason.value}"
-                    if exc.reason
-                    else "twamp-nf-twamp:control-peer-closed"
-                )
+                reason = f"control-{exc.reason.value}" if exc.reason else "control-peer-closed"
                 log.warning("ctrl-connection %s: %s", plan.name, exc)
                 self._fail(reason, exc.accept)
             except NoIKESA as exc:
@@ -211,7 +207,7 @@ class ClientRun:
                 self._fail(NO_IKE_SA)
             except (OSError, ValueError) as exc:
                 log.warning("ctrl-connection %s: %s", plan.name, exc)
-                self._fail("twamp-nf-twamp:control-peer-closed")
+                self._fail("control-peer-closed")
             else:
                 if done < runs or runs > FOREVER:
                     await asyncio.sleep(max(interval, 1.0))
@@ -324,7 +320,7 @@ class ClientRun:
             state.state, state.summary = "completed", summary
             for reason, count in result.dropped.items():
                 if count:
-                    self._errors[f"twamp-nf-twamp:sender-{reason.value}"] += count
+                    self._errors[f"sender-{reason.value}"] += count
             self._publish(events.test_session_completed(session.name, params.sid, "completed", summary))
 
 

@@ -127,6 +127,14 @@ def key_source_fallback(connection: str, peer: str, selected_mode: str | None) -
     return f"{BINDING}:key-source-fallback", data
 
 
+def reason_identity(reason: str) -> str:
+    """A runtime counter name (area prefix + reason value, e.g. control-unknown-sa) -> its identity, module
+    qualified: the RFC 7717 binding's reasons live in twamp-nf-ike-binding, the rest in twamp-nf-twamp."""
+    name = reason.replace("_", "-")
+    module = BINDING if name == "control-no-ike-sa" else TWAMP
+    return f"{module}:{name}"
+
+
 def ctrl_connection_failed(
     *,
     role: str,
@@ -136,8 +144,8 @@ def ctrl_connection_failed(
     server: tuple[str, int] | None = None,
     accept: Accept | None = None,
 ) -> tuple[str, dict[str, Any]]:
-    """`reason` is a module-qualified error-reason identity (see state.error_identity)."""
-    data: dict[str, Any] = {"role": role, "reason": reason}
+    """`reason` is the runtime counter name (control-<ControlFailure value>, control-no-ike-sa)."""
+    data: dict[str, Any] = {"role": role, "reason": reason_identity(reason)}
     if connection is not None:
         data["ctrl-connection"] = connection
     if client is not None:

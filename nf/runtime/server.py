@@ -141,7 +141,7 @@ class RuntimeListener(ControlListener):
         self._publish(
             events.ctrl_connection_failed(
                 role="server",
-                reason=f"twamp-nf-twamp:control-{reason}",
+                reason=f"control-{reason}",
                 client=connection.client,
                 server=connection.server,
                 accept=accept,

@@ -15,7 +15,7 @@ from nf.ike.sa import SAState
 from nf.net.limits import Refusal
 from nf.net.sender import ReplyDrop
 from nf.runtime.config import MODULES, TOP_IKE, TOP_TWAMP, modes_to_text
-from nf.runtime.events import ACCEPT_NAMES, results_json, yang_time
+from nf.runtime.events import ACCEPT_NAMES, reason_identity, results_json, yang_time
 from nf.runtime.ike import sa_algorithms
 from nf.twamp.control_events import ConnectionState, ControlFailure
 from nf.twamp.test_reflector import DropReason
@@ -78,7 +78,7 @@ def _client_state(runtime: Runtime) -> dict[str, Any] | None:
         if state.selected_mode is not None:
             entry["selected-mode"] = modes_to_text(state.selected_mode)
         if state.last_error is not None:
-            entry["last-error"] = state.last_error
+            entry["last-error"] = reason_identity(state.last_error)
         if state.spis is not None:
             entry["key-source"] = {
                 f"{BINDING}:spi-i": state.spis[0].hex(),
@@ -178,7 +178,7 @@ def _twamp_state(runtime: Runtime) -> dict[str, Any]:
     if sender is not None:
         twamp["session-sender"] = sender
     counts = Counter(runtime.retired_twamp)
-    counts.update(runtime.client_errors)
+    counts.update({reason_identity(reason): n for reason, n in runtime.client_errors.items()})
     if runtime.server is not None:
         counts.update(server_counters(runtime.server))
     errors = _counter_list(counts)
