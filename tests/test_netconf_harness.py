@@ -153,6 +153,7 @@ class Rig:
         max_sessions: int = 8,
         max_message_size: int = 1024 * 1024,
         users: str | None = None,
+        hello_timeout: float = 60.0,
     ) -> None:
         self.tmp = tmp
         # Unix socket paths are limited to ~100 octets: keep them short
@@ -169,6 +170,7 @@ class Rig:
                 users_file=str(tmp / "users.toml"),
                 max_sessions=max_sessions,
                 max_message_size=max_message_size,
+                hello_timeout=hello_timeout,
             )
         )
         self.app.start()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from tests.test_netconf_harness import (
     SERVER_CONFIG,
     TWAMP_NS,
     WAIT,
+    FakeRuntime,
     Rig,
     rig,
 )
@@ -452,5 +454,59 @@ def test_public_key_authentication(tmp_path: Path) -> None:
         )
         with pytest.raises(Exception):  # noqa: B017 (ncclient's AuthenticationError)
             rig.connect("reader", None, key_filename=str(tmp_path / "other"))
+    finally:
+        rig.close()
+
+
+def test_runtime_restart_gets_running_config_again(rig: Rig) -> None:
+    m = rig.connect()
+    assert rig.runtime.subscribed.wait(WAIT)
+    m.edit_config(target="running", config=SERVER_CONFIG)
+    rig.runtime.close()
+    os.unlink(rig.runtime_path)
+    rig.runtime = FakeRuntime(rig.runtime_path)  # a fresh, empty runtime at the same path
+    deadline = time.monotonic() + WAIT
+    while not rig.runtime.applied and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert (
+        rig.runtime.applied[0]["twamp-nf-twamp:twamp"]["server"]["key-chain"][0]["secret-key"] == SECRET_B64
+    )
+    m.edit_config(target="running", config=SERVER_CONFIG.replace("65536", "2048"))
+    assert rig.runtime.applied[-1]["twamp-nf-twamp:twamp"]["server"]["count"] == 2048
+
+
+def test_authenticated_client_without_hello_is_dropped(tmp_path: Path) -> None:
+    import paramiko
+
+    rig = Rig(tmp_path, hello_timeout=0.5)
+    try:
+        client = paramiko.SSHClient()
+        client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+        client.connect(
+            "127.0.0.1",
+            rig.app.port,
+            username="admin",
+            password=PASSWORD,
+            allow_agent=False,
+            look_for_keys=False,
+            timeout=WAIT,
+        )
+        transport = client.get_transport()
+        assert transport is not None
+        channel = transport.open_session()
+        channel.settimeout(WAIT)
+        channel.invoke_subsystem("netconf")
+        received = b""
+        while True:
+            data = channel.recv(65536)
+            if not data:
+                break
+            received += data
+        assert b"urn:ietf:params:netconf:base:1.1" in received  # our hello, then EOF
+        deadline = time.monotonic() + WAIT
+        while rig.app.session_count() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert rig.app.session_count() == 0
+        client.close()
     finally:
         rig.close()

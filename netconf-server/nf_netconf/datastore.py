@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import threading
 from typing import Any
 
@@ -20,6 +21,8 @@ from nf_netconf.errors import Reason, RpcError
 from nf_netconf.nacm import Nacm
 from nf_netconf.runtime_link import RuntimeLink, RuntimeRefused, RuntimeUnavailable
 from nf_netconf.schema import NC_NS, NodeInfo, Schema
+
+log = logging.getLogger(__name__)
 
 TARGETS = ("running", "candidate")
 TEST_OPTIONS = frozenset({"test-then-set", "set", "test-only"})
@@ -176,6 +179,16 @@ class Datastores:
     def _discard(self) -> None:
         self._stores["candidate"] = copy.deepcopy(self._stores["running"])
         self.candidate_dirty = False
+
+    def reapply(self) -> None:
+        """Send running to the runtime again (after a runtime restart); a refusal is logged, not raised."""
+        with self._mutex:
+            if len(self._stores["running"]) == 0:
+                return
+            try:
+                self._apply_running(copy.deepcopy(self._stores["running"]), test_only=False)
+            except RpcError as error:
+                log.error("the runtime refused the running configuration after reconnecting: %s", error)
 
     def validate(self, data: etree._Element) -> None:
         """<validate>: full YANG validation, then the runtime's own checks (files, addresses)."""

@@ -143,14 +143,14 @@ class Operations:
         return out
 
     def get_config(self, session: Session, op: etree._Element) -> etree._Element:
-        params = _params(op, {"source", "filter", "with-defaults"})
+        params = _params(op, {"source", "filter"})
         if "source" not in params:
             raise missing_element("source", "get-config needs a source")
         source = _datastore_name(params["source"], TARGETS)
         return self._reply_data(session, self.datastores.snapshot(source), params.get("filter"))
 
     def get(self, session: Session, op: etree._Element) -> etree._Element:
-        params = _params(op, {"filter", "with-defaults"})
+        params = _params(op, {"filter"})
         data = self.datastores.snapshot("running")
         try:
             state = self.runtime.get_state()
@@ -191,7 +191,7 @@ class Operations:
         return self.datastores.snapshot(name)
 
     def copy_config(self, session: Session, op: etree._Element) -> etree._Element:
-        params = _params(op, {"target", "source", "with-defaults"})
+        params = _params(op, {"target", "source"})
         for needed in ("target", "source"):
             if needed not in params:
                 raise missing_element(needed, f"copy-config needs a {needed}")

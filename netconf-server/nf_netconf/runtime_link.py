@@ -175,11 +175,14 @@ class EventStream:
         path: str,
         on_event: Callable[[dict[str, Any]], None],
         *,
+        on_reconnect: Callable[[], None] | None = None,
         retry_min: float = 0.2,
         retry_max: float = 5.0,
     ) -> None:
         self.path = path
         self.on_event = on_event
+        self.on_reconnect = on_reconnect
+        self._was_connected = False
         self.retry_min = retry_min
         self.retry_max = retry_max
         self._stop = threading.Event()
@@ -220,6 +223,12 @@ class EventStream:
                 if conn.read_line().get("ok") is not True:
                     raise RuntimeUnavailable("subscribe refused")
                 conn.sock.settimeout(None)
+                if self._was_connected and self.on_reconnect is not None:
+                    try:
+                        self.on_reconnect()
+                    except Exception:  # the reconnect hook must not end the stream
+                        log.exception("reconnect hook failed")
+                self._was_connected = True
                 self.connected.set()
                 delay = self.retry_min
                 while not self._stop.is_set():

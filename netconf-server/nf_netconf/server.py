@@ -57,6 +57,7 @@ class ServerConfig:
     max_ssh_connections: int = 0  # 0: twice max_sessions
     max_message_size: int = DEFAULT_MAX_MESSAGE
     runtime_timeout: float = 30.0
+    hello_timeout: float = 60.0
 
 
 class NetconfApp:
@@ -74,7 +75,9 @@ class NetconfApp:
         self.operations = Operations(
             self.schema, self.datastores, self.runtime, self.nacm, self.hub, self.kill
         )
-        self.events = EventStream(config.runtime_socket, self._on_event)
+        self.events = EventStream(
+            config.runtime_socket, self._on_event, on_reconnect=self._on_runtime_restart
+        )
         self._sessions: dict[int, Session] = {}
         self._sessions_lock = threading.Lock()
         self.ssh: BoundSSHServer | None = None
@@ -164,3 +167,10 @@ class NetconfApp:
 
     def _on_event(self, event: dict[str, Any]) -> None:
         self.hub.publish(event)
+
+    def _on_runtime_restart(self) -> None:
+        """The event stream came back after a loss: the runtime may have restarted empty, so push running
+        again (not on the first connection: a NETCONF server that restarted has an empty running, and
+        pushing that would wipe the configuration the runtime still runs)."""
+        log.warning("runtime connection re-established; applying the running configuration again")
+        self.datastores.reapply()

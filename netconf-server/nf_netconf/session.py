@@ -38,6 +38,7 @@ class BoundedTransport(netconf.base.NetconfFramingTransport):  # type: ignore[mi
     def __init__(self, stream: Any, max_message: int) -> None:
         super().__init__(stream, MAXSSHBUF, False)
         self.decoder = FrameDecoder(max_message)
+        self.in_hello = True
 
     def receive_event(self, chunked: bool) -> Message | Oversized:
         while True:
@@ -47,7 +48,12 @@ class BoundedTransport(netconf.base.NetconfFramingTransport):  # type: ignore[mi
             stream = self.stream
             if stream is None:
                 raise _ChannelClosed()
-            data = stream.recv(self.max_chunk)
+            try:
+                data = stream.recv(self.max_chunk)
+            except TimeoutError:
+                if self.in_hello:
+                    raise
+                continue  # the hello's timeout, still set on the channel when the reader started
             if not data:
                 raise _ChannelClosed()
             self.decoder.feed(data)
@@ -90,12 +96,15 @@ class Session(netconf.server.NetconfServerSession):  # type: ignore[misc]
             netconf.base.NetconfSession.close(self)
             transport.close()
             return
+        channel.settimeout(self.app.config.hello_timeout)  # an authenticated client that never says hello
         try:
             self._open_session(True)
         except Exception as exc:
-            log.info("session %d: hello exchange failed (%s)", sid, type(exc).__name__, exc_info=True)
+            log.info("session %d: hello exchange failed (%s)", sid, type(exc).__name__)
             self.close()
             raise
+        self.pkt_stream.in_hello = False
+        channel.settimeout(None)
         log.info("session %d opened for %r from %s", sid, self.username, self.peer)
 
     def __del__(self) -> None:
