@@ -510,3 +510,52 @@ def test_authenticated_client_without_hello_is_dropped(tmp_path: Path) -> None:
         client.close()
     finally:
         rig.close()
+
+
+def test_notifications_follow_nacm_module_read_rules(tmp_path: Path) -> None:
+    from tests.test_netconf_harness import users_toml
+
+    extra = (
+        '\n[[nacm.rule]]\ngroups = ["readers"]\nmodule = "twamp-nf-ike"\naccess = ["read"]\naction = "deny"\n'
+    )
+    rig = Rig(tmp_path, users=users_toml(extra))
+    try:
+        admin = rig.connect()
+        reader = rig.connect("reader", READER_PASSWORD)
+        admin.create_subscription()
+        reader.create_subscription()
+        assert rig.runtime.subscribed.wait(WAIT)
+        deadline = time.monotonic() + WAIT
+        while rig.app.hub.subscribers() < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        rig.runtime.emit(
+            {
+                "event": "twamp-nf-ike:ike-sa-down",
+                "time": "2026-11-23T19:40:00Z",
+                "data": {
+                    "spi-i": "8f2c4a1be07d3956",
+                    "spi-r": "51d0e9a3c47b2f18",
+                    "peer": "host-b",
+                    "reason": "deleted-by-peer",
+                },
+            }
+        )
+        rig.runtime.emit(
+            {
+                "event": "twamp-nf-twamp:ctrl-connection-failed",
+                "time": "2026-11-23T19:40:01Z",
+                "data": {"role": "server", "reason": "twamp-nf-twamp:control-client-declined"},
+            }
+        )
+        first_admin = admin.take_notification(timeout=WAIT)
+        second_admin = admin.take_notification(timeout=WAIT)
+        first_reader = reader.take_notification(timeout=WAIT)
+        assert "ike-sa-down" in first_admin.notification_xml
+        assert "ctrl-connection-failed" in second_admin.notification_xml
+        assert "ctrl-connection-failed" in first_reader.notification_xml  # the IKE one was withheld
+        reason = etree.fromstring(first_reader.notification_xml.encode()).find(f".//{{{TWAMP_NS}}}reason")
+        assert reason is not None and reason.text is not None
+        prefix, _, identity = reason.text.partition(":")
+        assert reason.nsmap[prefix] == TWAMP_NS and identity == "control-client-declined"
+    finally:
+        rig.close()

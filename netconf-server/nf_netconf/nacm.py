@@ -5,8 +5,9 @@ groups, a module ("*" for any), and either a data path prefix (a data-node rule)
 operation rule) or neither (a module rule), the access operations and permit/deny; the global defaults;
 `nacm:default-deny-all` on writes (RFC 8341 section 3.2.5: only an explicit permit rule opens it);
 `kill-session` and `delete-config` are default-deny-all as in RFC 8341's ietf-netconf annotations;
-`close-session` is always allowed. Not implemented: the ietf-netconf-acm data model itself (rules come from
-the users file), notification rules, the recovery session.
+`close-session` is always allowed; notifications are delivered when the user may read the notification's
+module (module rules only). Not implemented: the ietf-netconf-acm data model itself (rules come from the
+users file), per-notification-name rules, the recovery session.
 
 Beyond RFC 8341, on purpose: default-deny-all nodes (PSKs, key-chain secrets) are write-only. They are
 removed from every get/get-config reply and notification whatever the rules say.
@@ -91,6 +92,13 @@ class Nacm:
         if not self.enabled:
             return True
         rule = self._match(groups, "read", info.module, info.path, None)
+        return rule.permit if rule is not None else self.read_default
+
+    def may_receive(self, groups: frozenset[str], module: str) -> bool:
+        """A notification of `module`: module rules (no path, no rpc) with read access decide."""
+        if not self.enabled:
+            return True
+        rule = self._match(groups, "read", module, None, None)
         return rule.permit if rule is not None else self.read_default
 
     def may_write(self, groups: frozenset[str], change: Change) -> bool:

@@ -16,6 +16,7 @@ from lxml import etree
 
 from nf_netconf.errors import Reason, RpcError
 from nf_netconf.filters import apply_filter, filter_spec
+from nf_netconf.nacm import Nacm
 from nf_netconf.schema import NC_NS, Schema
 
 if TYPE_CHECKING:
@@ -28,8 +29,9 @@ STREAM = "NETCONF"
 
 
 class NotificationHub:
-    def __init__(self, schema: Schema) -> None:
+    def __init__(self, schema: Schema, nacm: Nacm) -> None:
         self.schema = schema
+        self.nacm = nacm
         self._lock = threading.Lock()
         self._subscribers: dict[int, tuple[Session, etree._Element | None]] = {}
         self.sent = 0
@@ -110,7 +112,10 @@ class NotificationHub:
             event_time = datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z")
         with self._lock:
             targets = list(self._subscribers.values())
+        module = name.partition(":")[0]
         for session, filter_el in targets:
+            if not self.nacm.may_receive(session.groups, module):
+                continue
             if filter_el is not None:
                 holder = etree.Element(f"{{{NC_NS}}}data")
                 holder.append(etree.fromstring(etree.tostring(content)))

@@ -71,7 +71,7 @@ class NetconfApp:
         self.schema = Schema(config.yang_dirs or default_yang_dirs(), DEFAULT_MODULES)
         self.runtime = RuntimeLink(config.runtime_socket, config.runtime_timeout)
         self.datastores = Datastores(self.schema, self.runtime, self.nacm)
-        self.hub = NotificationHub(self.schema)
+        self.hub = NotificationHub(self.schema, self.nacm)
         self.operations = Operations(
             self.schema, self.datastores, self.runtime, self.nacm, self.hub, self.kill
         )
