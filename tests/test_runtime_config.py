@@ -104,13 +104,20 @@ def test_certificate_example_names_the_missing_file() -> None:
     assert "/etc/twamp-nf/ike/host-a.crt.pem" in error.message
 
 
-def test_twamp_light_is_refused_by_name() -> None:
-    for name, path in (
-        ("session-reflector.xml", "/twamp-nf-twamp:twamp/session-reflector/light-port"),
-        ("session-sender.xml", "/twamp-nf-twamp:twamp/session-sender/test-session[name='light-to-pe']/light"),
-    ):
-        error = error_of(example(name))
-        assert (error.tag, error.path) == ("operation-failed", path)
+def test_session_examples_twamp_light_and_feature_bits() -> None:
+    reflector = build_plan(example("session-reflector.xml")).reflector
+    assert reflector.light_ports == (("198.51.100.7", 862),)
+    assert (reflector.refwait, reflector.max_sessions) == (120, 1024)
+    plan = build_plan(example("session-sender.xml"))
+    light = plan.light_sessions["light-to-pe"]
+    assert (light.reflector_address, light.reflector_port, light.dscp) == ("198.51.100.7", 862, 34)
+    assert (light.count, light.interval, light.request_name) == (100, 0.1, "")
+    connection = plan.connections["to-edge"]
+    assert connection.chain == (Modes.UNAUTHENTICATED,)  # the feature bits are requested separately
+    assert connection.features == Modes.REFLECT_OCTETS | Modes.SYMMETRICAL_SIZE
+    (session,) = connection.sessions
+    assert session.schedule is Schedule.POISSON and (session.repeat, session.repeat_interval) == (10, 60)
+    assert (session.sender_port, session.padding_length, session.symmetric) == (50001, 1400, True)
 
 
 def test_defaults_are_the_yang_defaults() -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -693,3 +694,85 @@ def test_server_state_of_a_running_session_and_cancelled_client(
     assert control_b.request("hello", version=1)["ok"] is True
     assert b.stop() == 0
     assert "Traceback" not in b.stderr() and "never retrieved" not in b.stderr()
+
+
+def free_dynamic_udp_port() -> int:
+    """A free UDP port in the dynamic range (YANG reflector-port-number: 862 or 49152..65535)."""
+    for _ in range(1000):
+        port = random.randint(49152, 65535)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no free UDP port in the dynamic range")
+
+
+def test_twamp_light_between_two_runtimes(tmp_path: Path, runtimes: list[RuntimeProcess]) -> None:
+    """RFC 5357 Appendix I: A reflects on a light-port with no control connection, B sends to it."""
+    a, b = start_pair(tmp_path, runtimes)
+    port = free_dynamic_udp_port()
+    control_a, control_b = a.connect(), b.connect()
+    events_b = subscribed(b)
+    reflector = {
+        "twamp-nf-twamp:twamp": {
+            "session-reflector": {"light-port": [{"reflector-ip": "127.0.0.1", "reflector-udp-port": port}]}
+        }
+    }
+    assert control_a.request("apply", config=reflector)["ok"] is True
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe, pytest.raises(OSError):
+        probe.bind(("127.0.0.1", port))  # the port is really taken
+    sender = {
+        "twamp-nf-twamp:twamp": {
+            "session-sender": {
+                "test-session": [
+                    {
+                        "name": "light",
+                        "light": {
+                            "reflector-ip": "127.0.0.1",
+                            "reflector-udp-port": port,
+                            "padding-length": 32,
+                        },
+                        "number-of-packets": 20,
+                        "periodic-interval": "0.010000",
+                    }
+                ]
+            }
+        }
+    }
+    assert control_b.request("apply", config=sender)["ok"] is True
+    done = events_b.wait_event(
+        "twamp-nf-twamp:test-session-completed", {"test-session": "light"}, timeout=120
+    )
+    assert "sid" not in done["data"] and done["data"]["results"]["sent"] == "20"
+    assert int(done["data"]["results"]["received"]) > 0
+    state = control_b.request("get-state")["state"]
+    assert sender_session(state, "light")["state"] == "completed"
+    assert_yang_valid("data", merged(sender, state), tmp_path)
+    assert_events_valid(events_b, tmp_path)
+
+    # a busy light port is refused by name, and the running one stays
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        busy = free_dynamic_udp_port()
+        taken.bind(("127.0.0.1", busy))
+        ports = reflector["twamp-nf-twamp:twamp"]["session-reflector"]["light-port"]
+        ports.append({"reflector-ip": "127.0.0.1", "reflector-udp-port": busy})
+        reply = control_a.request("apply", config=reflector)
+    assert reply["error"]["tag"] == "resource-denied"
+    assert reply["error"]["path"] == (
+        "/twamp-nf-twamp:twamp/session-reflector/light-port"
+        f"[reflector-ip='127.0.0.1'][reflector-udp-port='{busy}']"
+    )
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe, pytest.raises(OSError):
+        probe.bind(("127.0.0.1", port))
+    assert control_a.request("apply", config={})["ok"] is True  # removing it frees the port
+    deadline = time.monotonic() + WAIT
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the light port was never released"
+        time.sleep(0.1)

@@ -325,7 +325,7 @@ class ClientRun:
 
 
 def _features(plan: ConnectionPlan) -> Modes:
-    features = Modes(0)
+    features = plan.features & (Modes.REFLECT_OCTETS | Modes.SYMMETRICAL_SIZE)
     if any(s.octets_to_reflect or s.padding_to_reflect for s in plan.sessions):
         features |= Modes.REFLECT_OCTETS
     if any(s.symmetric for s in plan.sessions):
@@ -383,3 +383,62 @@ async def _run_senders(
             sender.cancel()
         await asyncio.wait(futures)
         raise
+
+
+class LightRun:
+    """One TWAMP Light Session-Sender test-session (RFC 5357 Appendix I): no control connection, the
+    configuration is the agreement; unauthenticated test packets, run once per apply."""
+
+    def __init__(
+        self,
+        plan: SessionPlan,
+        publish: Callable[[tuple[str, dict[str, Any]]], None],
+        errors: Counter[str],
+    ) -> None:
+        self.plan = plan
+        self.state = SessionState()
+        self._publish = publish
+        self._errors = errors
+        self.task: asyncio.Task[None] = asyncio.ensure_future(self._run())
+
+    async def close(self) -> None:
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self.task
+
+    async def _run(self) -> None:
+        plan = self.plan
+        family_any = "::" if ":" in plan.reflector_address else "0.0.0.0"
+        try:
+            sender = SessionSender(plan.sender_address or family_any, plan.sender_port)
+        except OSError as exc:
+            log.warning("TWAMP Light session %s: cannot bind its UDP port: %s", plan.name, exc)
+            self.state.state = "failed"
+            return
+        try:
+            params = TestSessionParams(
+                sid=bytes(16),  # TWAMP Light has no SID; unauthenticated packets do not carry one
+                mode=SecurityMode.UNAUTHENTICATED,
+                sender_address=sender.address,
+                sender_port=sender.port,
+                reflector_address=plan.reflector_address,
+                reflector_port=plan.reflector_port,
+                padding_length=plan.padding_length,
+                start_time=0.0,
+                timeout=plan.timeout,
+                dscp=plan.dscp,
+                reflect_octets=plan.octets_to_reflect,
+                server_octets=b"",
+                symmetric=plan.symmetric,
+                keys=None,
+            )
+            self.state.state = "active"
+            (result,) = await _run_senders([(plan, sender, params)])
+        finally:
+            sender.close()
+        summary = summarize([records_of(result)])
+        self.state.state, self.state.summary = "completed", summary
+        for reason, count in result.dropped.items():
+            if count:
+                self._errors[f"sender-{reason.value}"] += count
+        self._publish(events.test_session_completed(plan.name, None, "completed", summary))

@@ -56,6 +56,7 @@ MODE_BITS: dict[str, Modes] = {
     "ikev2-derived": Modes.IKEV2_DERIVED,
 }
 NO_SA_POLICIES = ("initiate", "fallback", "fail")
+REQUESTABLE_FEATURES = Modes.INDIVIDUAL_SESSION_CONTROL | Modes.REFLECT_OCTETS | Modes.SYMMETRICAL_SIZE
 NTP_UNIX_OFFSET = 2208988800
 
 
@@ -232,6 +233,7 @@ class ConnectionPlan:
     client_address: str | None
     dscp: int
     chain: tuple[Modes, ...]  # mode-preference-chain, best first, already limited to usable entries
+    features: Modes  # feature bits the chain entries ask for (RFC 5938, RFC 6038)
     key_id: str | None
     key_chain: KeyChain | None = field(repr=False)
     max_count_exponent: int
@@ -257,8 +259,9 @@ class ServerPlan:
 @dataclass(frozen=True)
 class ReflectorPlan:
     refwait: float
-    max_sessions: int
+    max_sessions: int  # 0 when admin-state is false: new sessions are refused
     max_pps: float | None
+    light_ports: tuple[tuple[str, int], ...] = ()  # TWAMP Light (RFC 5357 Appendix I) addresses
 
 
 @dataclass(frozen=True)
@@ -294,6 +297,7 @@ class Plan:
     reflector: ReflectorPlan = ReflectorPlan(900.0, 256, None)
     client_enabled: bool = False
     connections: dict[str, ConnectionPlan] = field(default_factory=dict)
+    light_sessions: dict[str, SessionPlan] = field(default_factory=dict)  # TWAMP Light Session-Sender
 
 
 def build_plan(config: Any) -> Plan:
@@ -319,12 +323,22 @@ def build_plan(config: Any) -> Plan:
         server = replace(server, limits=limits)
     client = twamp.child("client")
     sender = twamp.child("session-sender")
-    sessions = _sessions(sender, client) if sender is not None and sender.boolean("admin-state", True) else {}
+    sessions: dict[tuple[str, str], _SenderEntry] = {}
+    light: dict[str, SessionPlan] = {}
+    if sender is not None and sender.boolean("admin-state", True):
+        sessions, light = _sessions(sender)
     connections: dict[str, ConnectionPlan] = {}
     enabled = client is not None and client.boolean("admin-state", True)
     if client is not None and enabled:
         connections = _connections(client, peers, sessions)
-    return Plan(ike=ike, server=server, reflector=reflector, client_enabled=enabled, connections=connections)
+    return Plan(
+        ike=ike,
+        server=server,
+        reflector=reflector,
+        client_enabled=enabled,
+        connections=connections,
+        light_sessions=light,
+    )
 
 
 # ------------------------------------------------------------------------------------------- TWAMP
@@ -394,18 +408,18 @@ def _server(node: _Node, peers: dict[str, PeerPlan]) -> ServerPlan:
 
 
 def _reflector(node: _Node) -> ReflectorPlan:
-    if node.get("light-port"):
-        raise ConfigError(
-            "operation-failed", node.at("light-port"), "TWAMP Light is not supported by this runtime"
-        )
     limits = node.child_or_empty("limits")
     rate = limits.integer("max-packet-rate", 0, 1, 2**32 - 1) if limits.has("max-packet-rate") else None
-    if not node.boolean("admin-state", True):
-        rate = None
+    enabled = node.boolean("admin-state", True)
+    ports = []
+    for entry in node.entries("light-port", "reflector-ip"):
+        port = entry.integer("reflector-udp-port", None, 1, 65535)
+        ports.append((entry.address("reflector-ip"), port))
     return ReflectorPlan(
         refwait=float(node.integer("refwait", 900, 1, 604800)),
-        max_sessions=limits.integer("max-test-sessions", 256, 1, 65535),
+        max_sessions=limits.integer("max-test-sessions", 256, 1, 65535) if enabled else 0,
         max_pps=float(rate) if rate is not None else None,
+        light_ports=tuple(sorted(set(ports))) if enabled else (),
     )
 
 
@@ -419,34 +433,76 @@ class _SenderEntry:
     max_interval: float | None
 
 
-def _sessions(sender: _Node, client: _Node | None) -> dict[tuple[str, str], _SenderEntry]:
-    """Session-Sender test-sessions by (ctrl-connection, test-session-request)."""
+def _sessions(sender: _Node) -> tuple[dict[tuple[str, str], _SenderEntry], dict[str, SessionPlan]]:
+    """Session-Sender test-sessions: negotiated ones by (ctrl-connection, test-session-request), and the
+    TWAMP Light ones by name."""
     found: dict[tuple[str, str], _SenderEntry] = {}
+    light: dict[str, SessionPlan] = {}
     for entry in sender.entries("test-session", "name"):
-        if entry.has("light"):
-            raise ConfigError(
-                "operation-failed", entry.at("light"), "TWAMP Light is not supported by this runtime"
-            )
+        schedule_entry = _schedule(entry)
+        light_node = entry.child("light")
+        if light_node is not None:
+            light[schedule_entry.name] = _light_session(schedule_entry, light_node)
+            continue
         connection = entry.text("ctrl-connection")
         request = entry.text("test-session-request")
-        if entry.has("lambda"):
-            interval, schedule = entry.decimal("lambda"), Schedule.POISSON
-            max_interval = entry.decimal("max-interval") if entry.has("max-interval") else None
-        else:
-            interval, schedule, max_interval = entry.decimal("periodic-interval"), Schedule.PERIODIC, None
-        if interval <= 0:
-            raise ConfigError("invalid-value", entry.path, "the packet interval must be positive")
         if (connection, request) in found:
             raise ConfigError("invalid-value", entry.path, "another test-session already runs this request")
-        found[(connection, request)] = _SenderEntry(
-            name=entry.text("name"),
-            path=entry.path,
-            count=entry.integer("number-of-packets", None, 1, 2**32 - 1),
-            interval=interval,
-            schedule=schedule,
-            max_interval=max_interval,
+        found[(connection, request)] = schedule_entry
+    return found, light
+
+
+def _schedule(entry: _Node) -> _SenderEntry:
+    """What every Session-Sender test-session has: its name, packet count and sending schedule."""
+    if entry.has("lambda"):
+        interval, schedule = entry.decimal("lambda"), Schedule.POISSON
+        max_interval = entry.decimal("max-interval") if entry.has("max-interval") else None
+    else:
+        interval, schedule, max_interval = entry.decimal("periodic-interval"), Schedule.PERIODIC, None
+    if interval <= 0:
+        raise ConfigError("invalid-value", entry.path, "the packet interval must be positive")
+    return _SenderEntry(
+        name=entry.text("name"),
+        path=entry.path,
+        count=entry.integer("number-of-packets", None, 1, 2**32 - 1),
+        interval=interval,
+        schedule=schedule,
+        max_interval=max_interval,
+    )
+
+
+def _light_session(entry: _SenderEntry, light: _Node) -> SessionPlan:
+    """A TWAMP Light session: the light container carries what TWAMP-Control would have negotiated."""
+    padding = light.integer("padding-length", 0, 0, 65000)
+    reflect = light.child("reflect-octets")
+    octets = reflect.integer("octets-to-be-reflected", 0, 0, 65535) if reflect is not None else 0
+    if octets > padding:
+        raise ConfigError(
+            "invalid-value", light.at("reflect-octets/octets-to-be-reflected"), "exceeds padding-length"
         )
-    return found
+    return SessionPlan(
+        name=entry.name,
+        request_name="",
+        path=entry.path,
+        sender_address=light.address("sender-ip") if light.has("sender-ip") else None,
+        sender_port=light.integer("sender-udp-port", 0, 0, 65535),
+        reflector_address=light.address("reflector-ip"),
+        reflector_port=light.integer("reflector-udp-port", 862, 1, 65535),
+        timeout=2.0,  # no Stop-Sessions: how long late replies are waited for after the last packet
+        start_time_ntp=0,
+        padding_length=padding,
+        random_fill=light.text("fill-mode", "zero") == "random",
+        dscp=light.integer("test-packet-dscp", 0, 0, 63),
+        octets_to_reflect=octets,
+        padding_to_reflect=reflect.integer("length-of-padding-to-reflect", 0, 0, 65535) if reflect else 0,
+        symmetric=light.boolean("symmetrical-size", False),
+        repeat=0,
+        repeat_interval=0.0,
+        count=entry.count,
+        interval=entry.interval,
+        schedule=entry.schedule,
+        max_interval=entry.max_interval,
+    )
 
 
 def _connections(
@@ -460,18 +516,22 @@ def _connections(
         key=lambda pair: pair[0],
     )
     chain: list[Modes] = []
+    features = Modes(0)
     for _, entry in chain_entries:
         mode = entry.modes("mode")
         security = SecurityMode.from_modes(mode & SECURITY_MODES)
-        if security is None or int(mode) & ~int(SECURITY_MODES | Modes.IKEV2_DERIVED):
-            raise ConfigError(
-                "invalid-value", entry.at("mode"), "mode must be one security mode (+ ikev2-derived)"
-            )
+        if security is None:
+            raise ConfigError("invalid-value", entry.at("mode"), "mode must select exactly one security mode")
         if security is SecurityMode.UNAUTHENTICATED and mode & Modes.IKEV2_DERIVED:
             raise ConfigError(
                 "invalid-value", entry.at("mode"), "ikev2-derived needs a mode that uses a secret"
             )
-        chain.append(mode)
+        # the machine takes the security (+ ikev2-derived) word per entry and one set of feature bits,
+        # requested whenever the Server offers them
+        features |= mode & REQUESTABLE_FEATURES
+        word = mode & (SECURITY_MODES | Modes.IKEV2_DERIVED)
+        if word not in chain:
+            chain.append(word)
     key_chain = _key_chain(client)
     key_ids = set(key_chain.key_ids()) if key_chain is not None else set()
     result: dict[str, ConnectionPlan] = {}
@@ -517,6 +577,7 @@ def _connections(
             client_address=node.address("client-ip") if node.has("client-ip") else None,
             dscp=node.integer("control-packet-dscp", 0, 0, 63),
             chain=usable,
+            features=features,
             key_id=key_id,
             key_chain=key_chain if key_id is not None else None,
             max_count_exponent=node.integer("max-count-exponent", 15, 10, 31),
@@ -525,6 +586,7 @@ def _connections(
             fingerprint=_fingerprint(
                 node.data,
                 [int(m) for m in usable],
+                int(features),
                 key_id,
                 _secret_digest(key_chain, key_id),
                 [p.name for p in plans],

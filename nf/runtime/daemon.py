@@ -13,20 +13,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from nf.binding import ServerBinding
 from nf.net.ike_endpoint import IKEEndpoint
 from nf.net.reflector import Reflector, ReflectorConfig
 from nf.runtime import state as state_json
-from nf.runtime.client import ClientRun
-from nf.runtime.config import ConfigError, IKEPlan, Plan, ReflectorPlan, ServerPlan, build_plan
+from nf.runtime.client import ClientRun, LightRun
+from nf.runtime.config import TOP_TWAMP, ConfigError, IKEPlan, Plan, ReflectorPlan, ServerPlan, build_plan
 from nf.runtime.events import EventBus
 from nf.runtime.ike import IKEHub, retire_endpoint
 from nf.runtime.server import RecordingKeySource, RuntimeListener
 from nf.twamp.control_server import ServerConfig
+from nf.twamp.modes import SecurityMode
+from nf.twamp.test_session import TestSessionParams
 
 log = logging.getLogger("nf.runtime")
 
@@ -41,6 +44,8 @@ class ServerRun:
 
 @dataclass
 class _Prepared:
+    light_reflector: Reflector | None = None  # created for this apply (closed again if it fails)
+    light_ports: list[tuple[str, int]] = field(default_factory=list)  # newly reserved
     endpoint: IKEEndpoint | None = None  # a newly bound endpoint (None: keep the running one)
     server: ServerRun | None = None  # a newly bound server (None: keep or remove the running one)
     server_config: ServerConfig | None = None  # new policy for a kept server
@@ -51,6 +56,30 @@ def _reflector_config(plan: ReflectorPlan) -> ReflectorConfig:
     return ReflectorConfig(refwait=plan.refwait, max_pps=plan.max_pps)
 
 
+LIGHT_REFWAIT = 10 * 365 * 86400.0  # TWAMP Light ports have no control connection to end them
+
+
+def _light_params(sid: bytes, address: str, port: int) -> TestSessionParams:
+    """A wildcard session (any sender address and port) that reflects unauthenticated TWAMP Light."""
+    any_address = "::" if ":" in address else "0.0.0.0"
+    return TestSessionParams(
+        sid=sid,
+        mode=SecurityMode.UNAUTHENTICATED,
+        sender_address=any_address,
+        sender_port=0,
+        reflector_address=address,
+        reflector_port=port,
+        padding_length=0,
+        start_time=0.0,
+        timeout=0.0,
+        dscp=0,
+        reflect_octets=0,
+        server_octets=b"",
+        symmetric=False,
+        keys=None,
+    )
+
+
 class Runtime:
     def __init__(self) -> None:
         self.bus = EventBus()
@@ -58,6 +87,9 @@ class Runtime:
         self.plan = Plan()
         self.server: ServerRun | None = None
         self.clients: dict[str, ClientRun] = {}
+        self.light_runs: dict[str, LightRun] = {}
+        self.light_reflector: Reflector | None = None  # TWAMP Light ports (no REFWAIT: they stay open)
+        self.light_ports: dict[tuple[str, int], bytes] = {}  # (address, port) -> its wildcard session
         self.client_errors: Counter[str] = Counter()
         self.retired_twamp: Counter[str] = Counter()
         self._lock = asyncio.Lock()
@@ -88,6 +120,7 @@ class Runtime:
     async def _prepare(self, plan: Plan) -> _Prepared:
         prepared = _Prepared()
         try:
+            self._reserve_light_ports(plan, prepared)
             if plan.ike is not None and not self._keeps_endpoint(plan.ike):
                 prepared.endpoint = await self._bind_ike(plan.ike)
             if plan.server is not None:
@@ -101,6 +134,31 @@ class Runtime:
             await self._release(prepared)
             raise
         return prepared
+
+    def _reserve_light_ports(self, plan: Plan, prepared: _Prepared) -> None:
+        wanted = [p for p in plan.reflector.light_ports if p not in self.light_ports]
+        if not wanted:
+            return
+        reflector = self.light_reflector
+        if reflector is None:
+            reflector = prepared.light_reflector = Reflector(ReflectorConfig(refwait=LIGHT_REFWAIT))
+        for address, port in wanted:
+            path = (
+                f"/{TOP_TWAMP}/session-reflector/light-port"
+                f"[reflector-ip='{address}'][reflector-udp-port='{port}']"
+            )
+            try:
+                got = reflector.reserve_port(address, port)
+            except OSError as exc:
+                raise ConfigError(
+                    "resource-denied",
+                    path,
+                    f"cannot bind {address} port {port}: {(exc.strerror or str(exc)).lower()}",
+                ) from None
+            prepared.light_ports.append((address, port))
+            if got != port:
+                reflector.release_port(address, got)
+                raise ConfigError("resource-denied", path, f"UDP port {port} on {address} is in use")
 
     def _keeps_endpoint(self, plan: IKEPlan) -> bool:
         current = self.hub.plan
@@ -162,6 +220,12 @@ class Runtime:
         return ServerRun(server, listener, reflector, addresses)
 
     async def _release(self, prepared: _Prepared) -> None:
+        reflector = prepared.light_reflector or self.light_reflector
+        if reflector is not None:
+            for address, port in prepared.light_ports:
+                reflector.release_port(address, port)
+        if prepared.light_reflector is not None:
+            prepared.light_reflector.close()
         if prepared.endpoint is not None:
             prepared.endpoint.close()
         if prepared.server is not None:
@@ -173,6 +237,7 @@ class Runtime:
         if old_endpoint is not None:
             await retire_endpoint(old_endpoint)
         await self._commit_server(plan, prepared)
+        self._commit_light_ports(plan, prepared)
         await self._commit_clients(plan)
         self.plan = plan
 
@@ -194,7 +259,30 @@ class Runtime:
         if self.server is not None:
             log.info("TWAMP server listening on %s", ", ".join(self.server.addresses))
 
+    def _commit_light_ports(self, plan: Plan, prepared: _Prepared) -> None:
+        if prepared.light_reflector is not None:
+            self.light_reflector = prepared.light_reflector
+        reflector = self.light_reflector
+        if reflector is None:
+            return
+        reflector.config = ReflectorConfig(refwait=LIGHT_REFWAIT, max_pps=plan.reflector.max_pps)
+        for key in [k for k in self.light_ports if k not in plan.reflector.light_ports]:
+            reflector.remove_session(self.light_ports.pop(key))
+        for address, port in prepared.light_ports:
+            sid = os.urandom(16)
+            reflector.add_session(_light_params(sid, address, port))
+            reflector.start_session(sid)
+            self.light_ports[(address, port)] = sid
+            log.info("TWAMP Light reflector on %s port %d", address, port)
+
     async def _commit_clients(self, plan: Plan) -> None:
+        for name in list(self.light_runs):
+            new_light = plan.light_sessions.get(name)
+            if new_light is None or new_light != self.light_runs[name].plan:
+                await self.light_runs.pop(name).close()
+        for name, light in plan.light_sessions.items():
+            if name not in self.light_runs:
+                self.light_runs[name] = LightRun(light, self.publish, self.client_errors)
         for name in list(self.clients):
             run = self.clients[name]
             new = plan.connections.get(name)
@@ -221,6 +309,12 @@ class Runtime:
             for run in list(self.clients.values()):
                 await run.close()
             self.clients.clear()
+            for light in list(self.light_runs.values()):
+                await light.close()
+            self.light_runs.clear()
+            if self.light_reflector is not None:
+                self.light_reflector.close()
+                self.light_reflector = None
             if self.server is not None:
                 await self.server.listener.close()
                 self.server.reflector.close()

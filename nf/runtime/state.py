@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from nf.ike.sa import SAState
 from nf.net.limits import Refusal
+from nf.net.reflector import Reflector
 from nf.net.sender import ReplyDrop
 from nf.runtime.config import MODULES, TOP_IKE, TOP_TWAMP, modes_to_text
 from nf.runtime.events import ACCEPT_NAMES, reason_identity, results_json, yang_time
@@ -54,7 +55,13 @@ def server_counters(server: ServerRun) -> Counter[str]:
             key = name.removeprefix("refused_")
             if (identity := error_identity(f"control-{key}")) is not None:
                 found[identity] += count
-    for drop, count in server.reflector.totals().dropped.items():
+    found.update(reflector_counters(server.reflector))
+    return found
+
+
+def reflector_counters(reflector: Reflector) -> Counter[str]:
+    found: Counter[str] = Counter()
+    for drop, count in reflector.totals().dropped.items():
         if count and (identity := error_identity(f"reflector-{drop.value}")) is not None:
             found[identity] += count
     return found
@@ -111,6 +118,11 @@ def _sender_state(runtime: Runtime) -> dict[str, Any] | None:
             if state.summary is not None:
                 entry["results"] = results_json(state.summary)
             sessions.append(entry)
+    for name, light in runtime.light_runs.items():
+        entry = {"name": name, "state": light.state.state}
+        if light.state.summary is not None:
+            entry["results"] = results_json(light.state.summary)
+        sessions.append(entry)
     if not sessions:
         return None
     return {"test-session": sorted(sessions, key=lambda s: str(s["name"]))}
@@ -181,6 +193,8 @@ def _twamp_state(runtime: Runtime) -> dict[str, Any]:
     counts.update({reason_identity(reason): n for reason, n in runtime.client_errors.items()})
     if runtime.server is not None:
         counts.update(server_counters(runtime.server))
+    if runtime.light_reflector is not None:
+        counts.update(reflector_counters(runtime.light_reflector))
     errors = _counter_list(counts)
     if errors:
         twamp["error-counter"] = errors
