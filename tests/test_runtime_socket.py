@@ -162,3 +162,11 @@ def test_too_big_closes_only_that_connection(served: Served) -> None:
     exactly = b'{"id": 3, "op": "hello", "version": 1, "pad": "' + b"z" * (MAX_MESSAGE - 50) + b'"}'
     assert len(exactly) <= MAX_MESSAGE
     assert other.exchange(exactly + b"\n") is not None  # at the limit is still accepted
+
+
+def test_refusals_are_counted_by_tag(served: Served, line: Line) -> None:
+    before = served.server.refused.copy()
+    check_error(line.exchange(b"{broken\n"))
+    check_error(line.exchange(b'{"id": 7, "op": "apply", "config": {"x:y": {}}}\n'))
+    assert served.server.refused["malformed-message"] == before["malformed-message"] + 1
+    assert served.server.refused["unknown-element"] == before["unknown-element"] + 1

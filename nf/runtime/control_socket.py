@@ -14,8 +14,10 @@ import contextlib
 import json
 import logging
 import os
+from collections import Counter
 from typing import Any
 
+from nf.net.rate_limited_log import RateLimitedLog
 from nf.runtime.config import MODULES, ConfigError
 from nf.runtime.daemon import Runtime
 from nf.runtime.events import Subscription
@@ -70,6 +72,8 @@ class ControlSocketServer:
         self.max_message = max_message
         self._server: asyncio.Server | None = None
         self._clients: set[asyncio.Task[None]] = set()
+        self.refused: Counter[str] = Counter()  # error replies by tag
+        self._log = RateLimitedLog(log)
 
     async def start(self) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -121,23 +125,33 @@ class ControlSocketServer:
                 line = await client.reader.readuntil(b"\n")
             except asyncio.IncompleteReadError as exc:
                 if exc.partial.strip():
-                    await client.send(
-                        _error(None, "malformed-message", "request not terminated by a newline")
+                    await self._reply(
+                        client, _error(None, "malformed-message", "request not terminated by a newline")
                     )
                 return
             except asyncio.LimitOverrunError:
-                await client.send(
-                    _error(None, "too-big", f"request longer than {self.max_message} octets; closing")
-                )
-                return
-            if len(line) > self.max_message + 1:
-                await client.send(
-                    _error(None, "too-big", f"request longer than {self.max_message} octets; closing")
+                line = b""
+            if not line or len(line) > self.max_message + 1:
+                await self._reply(
+                    client, _error(None, "too-big", f"request longer than {self.max_message} octets; closing")
                 )
                 return
             if not line.strip():
                 continue
-            await client.send(await self._handle(client, line))
+            await self._reply(client, await self._handle(client, line))
+
+    async def _reply(self, client: _Client, reply: dict[str, Any]) -> None:
+        if reply["ok"] is False:
+            self._refuse(reply)
+        await client.send(reply)
+
+    def _refuse(self, reply: dict[str, Any]) -> None:
+        """Counts an error reply and logs it, at most once per tag and interval (a local client that loops
+        on a bad request cannot flood the log)."""
+        error = reply["error"]
+        self.refused[error["tag"]] += 1
+        where = f" at {error['path']}" if "path" in error else ""
+        self._log.warning(error["tag"], "control socket: %s: %s%s", error["tag"], error["message"], where)
 
     async def _handle(self, client: _Client, line: bytes) -> dict[str, Any]:
         try:
@@ -180,7 +194,6 @@ class ControlSocketServer:
                     client.pump = asyncio.ensure_future(client.events())
                 return {"id": request_id, "ok": True}
         except ConfigError as exc:
-            log.warning("%s refused: %s: %s", op, exc.path, exc.message)
             return _error(request_id, exc.tag, exc.message, exc.path)
         except Exception as exc:  # the runtime stays up; the text names the failure type only
             log.exception("%s failed", op)
