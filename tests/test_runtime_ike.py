@@ -1,0 +1,77 @@
+"""The runtime's IKE side in-process: two Runtimes on one event loop, real UDP sockets on loopback.
+
+An auto-initiated SA comes up on both; a rekey replaces it with ike-sa-down (rekeyed) and ike-sa-up
+(rekeyed-from) and counts in rekey-count; a new apply that keeps the IKE socket keeps the SA; removing IKE
+deletes the SA with the peer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+from nf.runtime.daemon import Runtime
+from nf.runtime.events import Subscription
+from tests.conftest import free_port
+from tests.test_runtime_daemon import ike_config
+
+WAIT = 30.0
+
+
+async def next_event(subscription: Subscription, name: str) -> dict[str, Any]:
+    while True:
+        event = await asyncio.wait_for(subscription.queue.get(), WAIT)
+        if event["event"] == name:
+            return event
+
+
+async def scenario() -> None:
+    port_a = free_port("127.0.0.1", socket.SOCK_DGRAM)
+    port_b = free_port("127.0.0.1", socket.SOCK_DGRAM)
+    a, b = Runtime(), Runtime()
+    events_a, events_b = a.bus.subscribe(), b.bus.subscribe()
+    config_a = {"twamp-nf-ike:ike": ike_config("a", "b", port_a, port_b, auto=False)}
+    config_b = {"twamp-nf-ike:ike": ike_config("b", "a", port_b, port_a, auto=True)}
+    try:
+        await a.apply(config_a)
+        await b.apply(config_b)
+        up_b = await next_event(events_b, "twamp-nf-ike:ike-sa-up")
+        up_a = await next_event(events_a, "twamp-nf-ike:ike-sa-up")
+        spis = (up_b["data"]["spi-i"], up_b["data"]["spi-r"])
+        assert (up_a["data"]["spi-i"], up_a["data"]["spi-r"]) == spis
+
+        # rekey: new SPIs, the old SA reported down as rekeyed, rekey-count 1 on both ends
+        endpoint = b.hub.endpoint
+        assert endpoint is not None
+        sa = endpoint.lookup(bytes.fromhex(spis[0]), bytes.fromhex(spis[1]))
+        assert sa is not None
+        await endpoint.rekey(sa, timeout=WAIT)
+        down = await next_event(events_b, "twamp-nf-ike:ike-sa-down")
+        assert down["data"] == {"spi-i": spis[0], "spi-r": spis[1], "reason": "rekeyed", "peer": "a"}
+        for events in (events_b, events_a):
+            rekeyed = await next_event(events, "twamp-nf-ike:ike-sa-up")
+            assert rekeyed["data"]["rekeyed-from"] == {"spi-i": spis[0], "spi-r": spis[1]}
+        new_spis = (rekeyed["data"]["spi-i"], rekeyed["data"]["spi-r"])
+        assert new_spis != spis
+        for runtime in (a, b):
+            (entry,) = runtime.state()["twamp-nf-ike:ike"]["ike-sa"]
+            assert (entry["spi-i"], entry["spi-r"]) == new_spis and entry["rekey-count"] == 1
+
+        # the same IKE configuration again keeps the socket and the SA
+        await b.apply(config_b)
+        (entry,) = b.state()["twamp-nf-ike:ike"]["ike-sa"]
+        assert (entry["spi-i"], entry["spi-r"]) == new_spis
+
+        # removing IKE deletes the SA with the peer
+        await b.apply({})
+        gone = await next_event(events_a, "twamp-nf-ike:ike-sa-down")
+        assert gone["data"]["reason"] == "deleted-by-peer" and gone["data"]["spi-i"] == new_spis[0]
+        assert b.state()["twamp-nf-ike:ike"] == {}
+    finally:
+        await a.close()
+        await b.close()
+
+
+def test_rekey_keep_and_delete() -> None:
+    asyncio.run(scenario())
