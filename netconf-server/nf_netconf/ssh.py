@@ -164,6 +164,8 @@ class BoundSSHServer(netconf.server.NetconfSSHServer):  # type: ignore[misc]
                     )
                     client.close()
                     continue
+                # a reply spans SSH packets: without NODELAY, Nagle waits for the peer's delayed ACK
+                client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 with self.lock:
                     self._handshakes += 1
                 threading.Thread(target=self._handshake, args=(client, addr), daemon=True).start()
