@@ -298,6 +298,7 @@ class Plan:
     client_enabled: bool = False
     connections: dict[str, ConnectionPlan] = field(default_factory=dict)
     light_sessions: dict[str, SessionPlan] = field(default_factory=dict)  # TWAMP Light Session-Sender
+    reflector_configured: bool = False  # the session-reflector presence container exists
 
 
 def build_plan(config: Any) -> Plan:
@@ -338,6 +339,7 @@ def build_plan(config: Any) -> Plan:
         client_enabled=enabled,
         connections=connections,
         light_sessions=light,
+        reflector_configured=reflector_node is not None,
     )
 
 

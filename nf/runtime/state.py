@@ -156,7 +156,7 @@ def _server_state(server: ServerRun) -> tuple[dict[str, Any], list[dict[str, Any
         elif connection.key_id and machine is not None and machine.mode:
             entry["key-source"] = {"key-id": connection.key_id.decode("utf-8", "replace")}
         connections.append(entry)
-    return {"ctrl-connection": connections}, reflected
+    return ({"ctrl-connection": connections} if connections else {}), reflected
 
 
 def _reflected(server: ServerRun, sid: bytes, params: Any, client: tuple[str, int]) -> dict[str, Any]:
@@ -185,7 +185,8 @@ def _twamp_state(runtime: Runtime) -> dict[str, Any]:
     if runtime.server is not None:
         server, reflected = _server_state(runtime.server)
         twamp["server"] = server
-        twamp["session-reflector"] = {"test-session": reflected}
+        if reflected or runtime.plan.reflector_configured:
+            twamp["session-reflector"] = {"test-session": reflected} if reflected else {}
     sender = _sender_state(runtime)
     if sender is not None:
         twamp["session-sender"] = sender
