@@ -777,3 +777,41 @@ def test_twamp_light_between_two_runtimes(tmp_path: Path, runtimes: list[Runtime
             except OSError:
                 assert time.monotonic() < deadline, "the light port was never released"
         time.sleep(0.1)
+
+
+def test_ipv6_session_with_a_key_chain(tmp_path: Path, runtimes: list[RuntimeProcess]) -> None:
+    """Server and client on ::1 in encrypted mode with a pre-shared key chain (no IKE)."""
+    a, b = start_pair(tmp_path, runtimes)
+    port = free_port("::1")
+    secret = base64.b64encode(PSK).decode()
+    server = {
+        "twamp-nf-twamp:twamp": {
+            "server": {
+                "server-ip": "::1",
+                "server-tcp-port": port,
+                "modes": "encrypted",
+                "count": 1024,
+                "key-chain": [{"key-id": "lab", "secret-key": secret}],
+            }
+        }
+    }
+    client = client_config({"twamp": port, "ike_a": 0, "ike_b": 0}, "v6", "encrypted")
+    del client["twamp-nf-ike:ike"]
+    twamp = client["twamp-nf-twamp:twamp"]
+    twamp["client"]["key-chain"] = [{"key-id": "lab", "secret-key": secret}]
+    connection = twamp["client"]["ctrl-connection"][0]
+    connection.update({"server-ip": "::1", "key-id": "lab"})
+    connection["test-session-request"][0]["reflector-ip"] = "::1"
+    control_a, control_b = a.connect(), b.connect()
+    events_b = subscribed(b)
+    assert control_a.request("apply", config=server)["ok"] is True
+    assert control_b.request("apply", config=client)["ok"] is True
+    done = events_b.wait_event(
+        "twamp-nf-twamp:test-session-completed", {"test-session": "v6-s1"}, timeout=120
+    )
+    assert int(done["data"]["results"]["received"]) > 0
+    state = control_b.request("get-state")["state"]
+    (entry,) = state["twamp-nf-twamp:twamp"]["client"]["ctrl-connection"]
+    assert entry["selected-mode"] == "encrypted" and entry["key-source"] == {"key-id": "lab"}
+    assert_yang_valid("data", merged(client, state), tmp_path)
+    assert_no_secret(control_a.raw, control_b.raw, events_b.raw, a.stderr(), b.stderr())
