@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -249,3 +250,43 @@ def test_subtree_filter_content_match_selects_list_entries(schema: Schema) -> No
     assert [e.text for e in out.iter(f"{{{TW}}}key-id")] == ["b"]
     empty = apply_filter(data, etree.fromstring(f'<filter xmlns="{NC}"/>'.encode()), schema)
     assert len(empty) == 0
+
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "yang" / "examples"
+
+
+def _example_config(path: Path) -> etree._Element:
+    roots = etree.fromstring(f'<config xmlns="{NC}">{path.read_text()}</config>'.encode())
+    return roots
+
+
+@pytest.mark.parametrize("example", sorted((EXAMPLES / "config").glob("*.xml")), ids=lambda p: p.stem)
+def test_every_config_example_goes_through_edit_and_validation(schema: Schema, example: Path) -> None:
+    data = _data()
+    changes = apply_edit(data, _example_config(example), schema, "merge")
+    assert changes
+    roots, text = schema.check_config(list(data), full=True)
+    assert roots and json.loads(text)
+
+
+@pytest.mark.parametrize("example", sorted((EXAMPLES / "invalid").glob("*.xml")), ids=lambda p: p.stem)
+def test_every_invalid_example_is_refused_with_its_message(schema: Schema, example: Path) -> None:
+    expected = example.read_text().split("expect:", 1)[1].split("-->", 1)[0].strip()
+    data = _data()
+    with pytest.raises(RpcError) as err:
+        apply_edit(data, _example_config(example), schema, "merge")
+        schema.check_config(list(data), full=True)
+    assert expected in err.value.message
+    assert err.value.path is None or err.value.path.startswith("/")
+
+
+@pytest.mark.parametrize("value", ["not*base64*secret", "=====", "ab cd"])
+def test_bad_secret_value_is_not_quoted_even_in_part(schema: Schema, value: str) -> None:
+    server = (
+        f'<twamp xmlns="{TW}"><server><modes>authenticated</modes><key-chain><key-id>k</key-id>'
+        f"<secret-key>{value}</secret-key></key-chain></server></twamp>"
+    )
+    with pytest.raises(RpcError) as err:
+        schema.check_config(list(_data(server)), full=True)
+    assert err.value.message == "invalid value for a secret leaf (the value is not shown)"
+    assert err.value.path == "/twamp-nf-twamp:twamp/server/key-chain[key-id='k']/secret-key"
