@@ -146,6 +146,7 @@ class RuntimeProcess:
         return self.proc.returncode
 
 
+pytestmark = pytest.mark.timeout(600)  # two processes on a loaded machine: bounded, generously
 YANG_MODULES = [
     str(ROOT / "yang" / f"{m}.yang") for m in ("twamp-nf-twamp", "twamp-nf-ike", "twamp-nf-ike-binding")
 ]

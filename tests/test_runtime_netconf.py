@@ -26,6 +26,7 @@ from tests.conftest import WAIT, free_port
 from tests.test_netconf_harness import PASSWORD, users_toml
 from tests.test_runtime_daemon import RuntimeProcess
 
+pytestmark = pytest.mark.timeout(600)  # two processes on a loaded machine: bounded, generously
 TWAMP_NS = "urn:twamp-nf:yang:twamp-nf-twamp"
 IKE_NS = "urn:twamp-nf:yang:twamp-nf-ike"
 NC_NS = "urn:ietf:params:xml:ns:netconf:base:1.0"
