@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from dataclasses import replace
 from typing import Any
 
 from nf.runtime.daemon import Runtime
@@ -75,3 +76,41 @@ async def scenario() -> None:
 
 def test_rekey_keep_and_delete() -> None:
     asyncio.run(scenario())
+
+
+def shorten(
+    runtime: Runtime, peer: str, *, rekey_time: float = 3600.0, hard_lifetime: float = 7200.0
+) -> None:
+    """YANG keeps rekey-time >= 60 s; the test shortens the applied plan's lifetimes in place."""
+    plan = runtime.hub.plan
+    assert plan is not None
+    plan.peers[peer] = replace(plan.peers[peer], rekey_time=rekey_time, hard_lifetime=hard_lifetime)
+
+
+async def lifetimes() -> None:
+    port_a = free_port("127.0.0.1", socket.SOCK_DGRAM)
+    port_b = free_port("127.0.0.1", socket.SOCK_DGRAM)
+    a, b = Runtime(), Runtime()
+    events_a, events_b = a.bus.subscribe(), b.bus.subscribe()
+    try:
+        await a.apply({"twamp-nf-ike:ike": ike_config("a", "b", port_a, port_b, auto=False)})
+        await b.apply({"twamp-nf-ike:ike": ike_config("b", "a", port_b, port_a, auto=True)})
+        first = (await next_event(events_b, "twamp-nf-ike:ike-sa-up"))["data"]
+        shorten(b, "a", rekey_time=0.5)  # B initiated: B rekeys
+        rekeyed = (await next_event(events_b, "twamp-nf-ike:ike-sa-up"))["data"]
+        assert rekeyed["rekeyed-from"] == {"spi-i": first["spi-i"], "spi-r": first["spi-r"]}
+        shorten(b, "a")
+        shorten(a, "b", hard_lifetime=0.5)  # A deletes at the hard lifetime, B initiates a new SA
+        down = (await next_event(events_b, "twamp-nf-ike:ike-sa-down"))["data"]
+        assert down["reason"] == "deleted-by-peer" and down["spi-i"] == rekeyed["spi-i"]
+        shorten(a, "b")
+        again = (await next_event(events_b, "twamp-nf-ike:ike-sa-up"))["data"]
+        assert "rekeyed-from" not in again and again["spi-i"] not in (first["spi-i"], rekeyed["spi-i"])
+        await next_event(events_a, "twamp-nf-ike:ike-sa-down")
+    finally:
+        await a.close()
+        await b.close()
+
+
+def test_per_peer_rekey_time_and_hard_lifetime() -> None:
+    asyncio.run(lifetimes())

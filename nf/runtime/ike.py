@@ -14,8 +14,9 @@ import ipaddress
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
 
 from nf.ike.exchanges import PeerConfig
 from nf.ike.identities import Identity
@@ -28,6 +29,8 @@ from nf.runtime.config import IKEPlan, PeerPlan
 log = logging.getLogger("nf.runtime.ike")
 
 RETRY_DELAY = 5.0  # seconds between auto-initiate attempts after a failure
+LIFETIME_POLL = 1.0  # seconds between checks of rekey-time and hard-lifetime
+REKEY_TIMEOUT = 30.0  # seconds a rekey may take before the endpoint gives up on it
 DELETE_TIMEOUT = 2.0  # seconds a peer gets to acknowledge the Delete of an SA we end
 
 
@@ -39,6 +42,7 @@ class SAInfo:
     initiator: bool
     established: float  # Unix time
     rekey_count: int = 0
+    since: float = field(default_factory=time.monotonic)  # for the peer's rekey-time and hard-lifetime
 
 
 def _yang_name(member: str) -> str:
@@ -121,6 +125,7 @@ class IKEHub:
         self.retired_counters: Counter[str] = Counter()
         self._auto: dict[str, tuple[str, asyncio.Task[None]]] = {}  # peer -> (fingerprint, task)
         self._initiating: dict[tuple[Address, int], asyncio.Future[Established | Failed]] = {}
+        self._lifetime_task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
 
     # --- SAInitiator for nf.binding
@@ -174,6 +179,8 @@ class IKEHub:
             self.endpoint.engine.peers = tuple(p.config for p in plan.peers.values())
             self.endpoint.lifetimes = _lifetimes(plan)
         self._restart_auto_initiate(plan)
+        if self._lifetime_task is None or self._lifetime_task.done():
+            self._lifetime_task = asyncio.ensure_future(self._lifetimes_loop())
         return old
 
     def _retire(self, endpoint: IKEEndpoint) -> None:
@@ -195,6 +202,8 @@ class IKEHub:
         for _, task in self._auto.values():
             task.cancel()
         self._auto.clear()
+        if self._lifetime_task is not None:
+            self._lifetime_task.cancel()
         endpoint, self.endpoint = self.endpoint, None
         if endpoint is not None:
             await retire_endpoint(endpoint)
@@ -273,6 +282,32 @@ class IKEHub:
             except Exception:
                 log.exception("IKE event listener failed")
 
+    # --- per-peer lifetimes
+
+    async def _lifetimes_loop(self) -> None:
+        """Each peer's rekey-time and hard-lifetime (the endpoint's own timers are per endpoint, so the
+        runtime runs these per SA): the original initiator rekeys, both ends delete at the hard lifetime."""
+        while True:
+            await asyncio.sleep(LIFETIME_POLL)
+            self.check_lifetimes(time.monotonic())
+
+    def check_lifetimes(self, now: float) -> None:
+        endpoint, plan = self.endpoint, self.plan
+        if endpoint is None or endpoint.engine is None or plan is None:
+            return
+        for spis, info in list(self.sas.items()):
+            peer = plan.peers.get(info.peer) if info.peer is not None else None
+            sa = endpoint.lookup(*spis)
+            if peer is None or sa is None or sa.state is not SAState.ESTABLISHED or sa.busy:
+                continue
+            age = now - info.since
+            if age >= peer.hard_lifetime:
+                log.info("IKE SA with %s reached its hard lifetime: deleting", peer.name)
+                _background(endpoint.delete(sa, DELETE_TIMEOUT))
+            elif age >= peer.rekey_time and sa.initiator:
+                log.info("IKE SA with %s reached its rekey time: rekeying", peer.name)
+                _background(endpoint.rekey(sa, REKEY_TIMEOUT))
+
     # --- auto-initiate
 
     def _restart_auto_initiate(self, plan: IKEPlan | None) -> None:
@@ -316,8 +351,14 @@ async def retire_endpoint(endpoint: IKEEndpoint, timeout: float = DELETE_TIMEOUT
     endpoint.close()
 
 
+def _background(operation: Coroutine[Any, Any, object]) -> None:
+    """Runs an SA operation whose outcome arrives as endpoint events anyway; its own result is dropped."""
+    task = asyncio.ensure_future(operation)
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+
 def _lifetimes(plan: IKEPlan) -> Lifetimes:
-    """The endpoint runs one set of SA timers: the shortest rekey-time and liveness interval of the peers."""
-    rekeys = [p.rekey_time for p in plan.peers.values()]
+    """The endpoint's own timers: liveness checks at the shortest interval of the peers; rekeying is per
+    peer (IKEHub.check_lifetimes)."""
     liveness = [p.liveness_interval for p in plan.peers.values() if p.liveness_interval > 0]
-    return Lifetimes(rekey_time=min(rekeys, default=0.0), liveness_interval=min(liveness, default=0.0))
+    return Lifetimes(rekey_time=0.0, liveness_interval=min(liveness, default=0.0))
