@@ -170,3 +170,9 @@ def test_refusals_are_counted_by_tag(served: Served, line: Line) -> None:
     check_error(line.exchange(b'{"id": 7, "op": "apply", "config": {"x:y": {}}}\n'))
     assert served.server.refused["malformed-message"] == before["malformed-message"] + 1
     assert served.server.refused["unknown-element"] == before["unknown-element"] + 1
+
+
+def test_unreadable_requests_are_answered_with_id_null(line: Line) -> None:
+    for data in (b"{broken\n", b'"text"\n', b'{"id": "7", "op": "hello"}\n', b'{"op": "hello"}\n'):
+        reply = check_error(line.exchange(data))
+        assert reply["id"] is None and reply["error"]["tag"] == "malformed-message"

@@ -164,7 +164,7 @@ class ControlSocketServer:
             return _error(None, "malformed-message", "a request must be a JSON object")
         request_id = request.get("id")
         if not isinstance(request_id, int) or isinstance(request_id, bool):
-            return _error(request_id, "malformed-message", "a request needs an integer id")
+            return _error(None, "malformed-message", "a request needs an integer id")
         op = request.get("op")
         try:
             if op == "hello":
