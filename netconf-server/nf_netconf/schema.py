@@ -203,8 +203,8 @@ class Schema:
                 json_text = dnode.print_mem("json", with_siblings=True, pretty=False)
             finally:
                 dnode.free()
-        assert isinstance(xml_text, str) and isinstance(json_text, str)
-        return _xml_roots(xml_text), json_text
+        # nothing to print (only empty non-presence containers) comes back as None
+        return _xml_roots(_text(xml_text)), _text(json_text) or "{}"
 
     def state_to_xml(self, state: dict[str, Any]) -> list[etree._Element]:
         """The runtime's get-state JSON as XML roots (parsed, not validated: it is config-false data only)."""
@@ -225,8 +225,7 @@ class Schema:
                 xml_text = dnode.print_mem("xml", with_siblings=True, pretty=False)
             finally:
                 dnode.free()
-        assert isinstance(xml_text, str)
-        return _xml_roots(xml_text)
+        return _xml_roots(_text(xml_text))
 
     def notification_to_xml(self, name: str, data: dict[str, Any]) -> etree._Element:
         """A runtime event (module:notification + RFC 7951 content) as the notification's XML element."""
@@ -243,8 +242,7 @@ class Schema:
                 xml_text = dnode.print_mem("xml", pretty=False)
             finally:
                 dnode.free()
-        assert isinstance(xml_text, str)
-        roots = _xml_roots(xml_text)
+        roots = _xml_roots(_text(xml_text))
         if len(roots) != 1:
             raise ValueError(f"event {name!r} printed as {len(roots)} elements")
         return roots[0]
@@ -301,6 +299,11 @@ class Schema:
                 "invalid-value", message, reason=Reason.INVALID_VALUE, path=path, error_type="protocol"
             )
         return RpcError("invalid-value", message, reason=Reason.INVALID_VALUE, path=path)
+
+
+def _text(printed: str | bytes | None) -> str:
+    """libyang's print_mem result for the text formats: str, or None when there was nothing to print."""
+    return printed if isinstance(printed, str) else ""
 
 
 def _first_message(text: str) -> str:
