@@ -260,7 +260,7 @@ def parse_key_log(text: str) -> list[LoggedKeys]:
 
     charon logs a rekey derivation under the *old* SA's prefix on the rekey initiator and under the new one on
     the responder; the following "IKE_SA name[N] rekeyed" line names the new unique id, so the latest
-    derivation logged under either id is re-attributed to N.
+    derivation logged under N, else the latest under the old id, is re-attributed to N.
     """
     derivations: list[LoggedKeys] = []
     open_by_uid: dict[int, LoggedKeys] = {}
@@ -297,10 +297,13 @@ def parse_key_log(text: str) -> list[LoggedKeys]:
         rekeyed = _REKEYED.search(line)
         if rekeyed:
             old, new = int(rekeyed[1]), int(rekeyed[2])
-            for keys in reversed(derivations):
-                if keys.uid in (old, new):
-                    keys.uid, keys.spis = new, None
-                    break
+            # a derivation logged under the new id is the new SA's own; in a rekey collision the one under
+            # the old id may belong to the redundant SA charon created, so it is only the fallback
+            keys = next((k for k in reversed(derivations) if k.uid == new), None) or next(
+                (k for k in reversed(derivations) if k.uid == old), None
+            )
+            if keys is not None:
+                keys.uid, keys.spis = new, None
             open_by_uid.pop(old, None)
             open_by_uid.pop(new, None)
     finish()

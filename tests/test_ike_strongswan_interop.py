@@ -8,8 +8,11 @@ charon is driven through swanctl in a worker thread so our asyncio endpoint keep
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import socket
 import subprocess
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -19,8 +22,9 @@ import pytest
 from nf.ike.auth import PreSharedKey, Signer
 from nf.ike.certificates import TrustAnchors, load_certificates
 from nf.ike.counters import Reason
-from nf.ike.exchanges import Limits, PeerConfig
+from nf.ike.exchanges import IKEEngine, Limits, PeerConfig
 from nf.ike.identities import Identity
+from nf.ike.message import ExchangeType, decode_header, unframe
 from nf.ike.proposals import parse_proposals
 from nf.ike.sa import Deleted, Established, Event, Failed, Rekeyed, SAState
 from nf.net.ike_endpoint import IKEEndpoint, open_ike_endpoint
@@ -418,3 +422,166 @@ def test_child_sa_in_ike_auth_is_refused_but_the_ike_sa_comes_up(charon: Charon,
 
 def _xfrm_state() -> str:
     return subprocess.run(["ip", "xfrm", "state"], capture_output=True, text=True, check=False).stdout
+
+
+class ScriptedRng:
+    """os.urandom, except that queued nonces answer the next requests for 32 octets (with ECP-384 and
+    AES-GCM nothing else asks for 32 octets), so the test decides which rekey holds the lowest nonce."""
+
+    def __init__(self) -> None:
+        self.nonces: list[bytes] = []
+
+    def __call__(self, size: int) -> bytes:
+        if size == 32 and self.nonces:
+            return self.nonces.pop(0)
+        return os.urandom(size)
+
+
+class Driven:
+    """Our sans-IO engine on a real UDP socket, stepped by the test so it can hold any datagram back."""
+
+    def __init__(self, config: PeerConfig, rng: ScriptedRng, peer: tuple[str, int]) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.engine = IKEEngine(self.sock.getsockname(), rng, time.monotonic(), peers=[config])
+        self.peer = peer
+        self.events: list[Event] = []
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def take(self) -> list[bytes]:
+        """What the engine wants to send (not sent), and its events."""
+        while (event := self.engine.next_event()) is not None:
+            self.events.append(event)
+        return [datagram for datagram, addr in self.engine.datagrams_to_send() if addr == self.peer]
+
+    def send(self, datagrams: list[bytes]) -> None:
+        for datagram in datagrams:
+            self.sock.sendto(datagram, self.peer)
+
+    def receive(self, exchange: int, timeout: float = 30.0) -> bytes:
+        """The next datagram from charon of this exchange type (anything else is fed to the engine)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+            data = self.sock.recv(65535)
+            if decode_header(unframe(data, self.engine.local[1], self.peer[1])).exchange == exchange:
+                return data
+            self.feed(data)
+
+    def feed(self, datagram: bytes) -> list[bytes]:
+        self.engine.receive_datagram(datagram, self.peer, time.monotonic())
+        return self.take()
+
+    def run_until(self, done: Callable[[], bool], timeout: float = 60.0) -> None:
+        """Plain adapter loop: send, receive, timers, until `done()`."""
+        deadline = time.monotonic() + timeout
+        while not done():
+            assert time.monotonic() < deadline, f"not done; events {self.events!r}"
+            self.send(self.take())
+            deadline_timer = self.engine.next_timer()
+            if deadline_timer is not None and deadline_timer <= time.monotonic():
+                self.engine.handle_timer(time.monotonic())
+            self.sock.settimeout(0.05)
+            try:
+                data = self.sock.recv(65535)
+            except TimeoutError:
+                continue
+            self.engine.receive_datagram(data, self.peer, time.monotonic())
+        self.send(self.take())
+
+
+LOW, HIGH = bytes(32), b"\xff" * 32
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition never met"
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("case", ["py-wins", "charon-wins", "charon-misses-it", "py-misses-it"])
+def test_simultaneous_rekey_collision_with_charon(charon: Charon, pki: CharonPKI, case: str) -> None:
+    """Both rekey the IKE SA at once (RFC 7296 s2.8.2). We hold datagrams back so the two requests cross:
+    whoever holds the lowest nonce deletes the SA it created; if one side misses the collision, it answers
+    the late request TEMPORARY_FAILURE and the other keeps the SA the first created. Either way both end
+    with one and the same IKE SA, whose SK_d charon logged equals ours."""
+    proposals = "aes256gcm16-prfsha384-ecp384"
+    config = our_config(pki, "psk", proposals)
+    rng = ScriptedRng()
+    ours = Driven(config, rng, ("127.0.0.1", charon.port))
+    try:
+        charon_conn(charon, pki, "psk", proposals, ours.engine.local[1])
+        sa = ours.engine.initiate(ours.peer, config, time.monotonic())
+        ours.run_until(lambda: sa.state == SAState.ESTABLISHED)
+        old = sa.spis
+        uid = charon.wait_sa(spis=old).uniqueid
+        # our Ni and our Nr: the lowest nonce of all four decides (charon's are random, so above zero)
+        rng.nonces = [HIGH, LOW] if case == "py-wins" else [LOW, HIGH]
+        ours.engine.rekey(sa, time.monotonic())
+        (our_request,) = ours.take()
+        log_start = len(charon.log_text())
+        charon.rekey(uid)
+        charon_request = ours.receive(ExchangeType.CREATE_CHILD_SA)
+        if case == "py-misses-it":  # charon's answer to our request reaches us before its request
+            ours.send([our_request])
+            ours.feed(ours.receive(ExchangeType.CREATE_CHILD_SA))
+            ours.send(ours.take())
+            ours.send(ours.feed(charon_request))  # TEMPORARY_FAILURE: we are deleting the old SA
+        elif case == "charon-misses-it":  # our answer reaches charon before our request (never sent)
+            ours.send(ours.feed(charon_request))
+        else:  # both requests cross, both sides see the collision
+            (our_answer,) = ours.feed(charon_request)
+            ours.send([our_request])
+            charon_answer = ours.receive(ExchangeType.CREATE_CHILD_SA)
+            ours.send([our_answer])
+            # as on a real network, our Delete follows our answer by a round trip: charon handles each
+            # datagram in its own thread and would otherwise see the Delete first (a missed collision)
+            wait_for(lambda: "parsed CREATE_CHILD_SA response" in charon.log_text()[log_start:])
+            ours.send(ours.feed(charon_answer))
+
+        def settled() -> bool:
+            established = [s for s in ours.engine.registry if s.state == SAState.ESTABLISHED]
+            if len(ours.engine.registry) != 1 or len(established) != 1:
+                return False
+            theirs = [s for s in charon.list_sas() if s.uniqueid > uid]  # earlier cases' SAs are not ours
+            return len(theirs) == 1 and (theirs[0].spi_i, theirs[0].spi_r) == established[0].spis
+
+        try:
+            ours.run_until(settled)
+        except AssertionError as exc:
+            lines = [
+                line
+                for line in charon.log_text().splitlines()
+                if re.search(r"collision|rekey|delet|parsed|generating|TEMPORARY", line, re.I)
+            ]
+            state = f"ours {list(ours.engine.registry)}; charon {charon.list_sas()} {lines[-25:]}"
+            raise AssertionError(f"{exc}; {state}") from None
+        (survivor,) = list(ours.engine.registry)
+        (rekeyed,) = [e for e in ours.events if isinstance(e, Rekeyed)]
+        assert rekeyed == Rekeyed(old, survivor.spis)
+        assert not [e for e in ours.events if isinstance(e, Failed)]
+        info = charon.wait_sa(spis=survivor.spis)
+        assert info.state == "ESTABLISHED"
+        # the new SA's original initiator is whoever created it
+        expect_ours = case in ("py-wins", "py-misses-it")
+        assert survivor.initiator is expect_ours and info.initiator is not expect_ours
+        logged = charon.keys_for(survivor.spis)
+        assert SharedSecret(logged.ippm_secret_bytes()) == survivor.ippm_secret()
+        # charon's own account of the collision (strongSwan 5.9 ike_rekey.c wording)
+        told = charon.log_text()[log_start:]
+        expected = {
+            "py-wins": "IKE_SA rekey collision lost",
+            "charon-wins": "IKE_SA rekey collision won",
+            "py-misses-it": "detected IKE_REKEY collision with IKE_REKEY",
+            "charon-misses-it": "rekeyed between",  # an ordinary rekey, then charon deletes the old SA
+        }
+        assert expected[case] in told
+        assert ("collision" in told) is (case != "charon-misses-it")
+        ours.engine.delete(survivor, time.monotonic())
+        ours.run_until(lambda: len(ours.engine.registry) == 0)
+        charon.wait_gone(survivor.spis)
+    finally:
+        ours.close()
