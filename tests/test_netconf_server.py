@@ -559,3 +559,29 @@ def test_notifications_follow_nacm_module_read_rules(tmp_path: Path) -> None:
         assert reason.nsmap[prefix] == TWAMP_NS and identity == "control-client-declined"
     finally:
         rig.close()
+
+
+def test_server_logs_never_carry_secrets(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    m = rig.connect()
+    m.edit_config(target="running", config=SERVER_CONFIG)
+    m.edit_config(target="running", config=IKE_CONFIG)
+    for bad in (
+        SERVER_CONFIG.replace("65536", "3"),
+        SERVER_CONFIG.replace("<key-id>", "<nonsense/><key-id>"),
+        IKE_CONFIG.replace(PSK_B64, PSK_B64[:8] + "*" + PSK_B64[9:]),
+        IKE_CONFIG.replace(PSK_B64, "c2hvcnQ="),
+    ):
+        with pytest.raises(RPCError):
+            m.edit_config(target="running", config=bad)
+    rig.runtime.refuse = lambda config: {"tag": "operation-failed", "message": "no"}
+    with pytest.raises(RPCError):
+        m.edit_config(target="running", config=SERVER_CONFIG.replace("65536", "2048"))
+    m.get()
+    server_side = [r for r in caplog.records if r.name.split(".")[0] in ("nf_netconf", "netconf", "sshutil")]
+    assert server_side, "expected the server to log the refusals"
+    for record in server_side:
+        text = record.getMessage()
+        assert SECRET_B64 not in text and PSK_B64 not in text and PSK_B64[:8] not in text

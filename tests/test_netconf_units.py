@@ -290,3 +290,8 @@ def test_bad_secret_value_is_not_quoted_even_in_part(schema: Schema, value: str)
         schema.check_config(list(_data(server)), full=True)
     assert err.value.message == "invalid value for a secret leaf (the value is not shown)"
     assert err.value.path == "/twamp-nf-twamp:twamp/server/key-chain[key-id='k']/secret-key"
+
+
+def test_config_of_only_empty_containers_is_empty(schema: Schema) -> None:
+    # found by fuzz_netconf_edit: libyang prints nothing (None) for an empty non-presence container
+    assert schema.check_config(list(_data(f'<twamp xmlns="{TW}"/>')), full=True) == ([], "{}")
