@@ -816,3 +816,37 @@ def test_ipv6_session_with_a_key_chain(tmp_path: Path, runtimes: list[RuntimePro
     assert entry["selected-mode"] == "encrypted" and entry["key-source"] == {"key-id": "lab"}
     assert_yang_valid("data", merged(client, state), tmp_path)
     assert_no_secret(control_a.raw, control_b.raw, events_b.raw, a.stderr(), b.stderr())
+
+
+def run_cli_briefly(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, "run", "--control-socket", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
+
+
+def test_the_socket_path_is_never_stolen(tmp_path: Path, runtimes: list[RuntimeProcess]) -> None:
+    live = RuntimeProcess(tmp_path, "live")
+    runtimes.append(live)
+    second = run_cli_briefly(Path(live.path))
+    assert second.returncode == 1 and "another runtime is listening there" in second.stderr
+    assert live.connect().request("hello", version=1)["ok"] is True
+
+    regular = tmp_path / "not-a-socket"
+    regular.write_text("keep me")
+    refused = run_cli_briefly(regular)
+    assert refused.returncode == 1 and "not a socket" in refused.stderr
+    assert regular.read_text() == "keep me"
+
+    stale = RuntimeProcess(tmp_path, "stale")
+    stale.proc.kill()  # no clean exit: the socket file stays behind
+    stale.proc.wait(WAIT)
+    stale.stop()
+    assert os.path.exists(stale.path)
+    revived = RuntimeProcess(tmp_path, "stale")
+    runtimes.append(revived)
+    assert revived.connect().request("hello", version=1)["ok"] is True

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import os
+import socket
+import stat
 from collections import Counter
 from typing import Any
 
@@ -26,6 +29,23 @@ log = logging.getLogger("nf.runtime.control_socket")
 
 VERSION = 1
 DEFAULT_MAX_MESSAGE = 4 * 1024 * 1024
+
+
+def _remove_stale_socket(path: str) -> None:
+    """A socket left by a runtime that died is removed; a live runtime's socket or any other file is not."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise FileExistsError(errno.EEXIST, "exists and is not a socket", path)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(path)
+        except ConnectionRefusedError:
+            os.unlink(path)  # nobody listens: stale
+            return
+    raise OSError(errno.EADDRINUSE, "another runtime is listening there", path)
 
 
 def _error(request_id: Any, tag: str, message: str, path: str | None = None) -> dict[str, Any]:
@@ -76,9 +96,8 @@ class ControlSocketServer:
         self._log = RateLimitedLog(log)
 
     async def start(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            if os.path.exists(self.path) and not os.path.isdir(self.path):
-                os.unlink(self.path)  # a stale socket of a dead runtime
+        """Creates the socket; OSError when the path is taken by a live runtime or by something else."""
+        _remove_stale_socket(self.path)
         old_umask = os.umask(0o177)  # created 0600: no window in which others could connect
         try:
             self._server = await asyncio.start_unix_server(self._serve, self.path, limit=self.max_message + 1)
