@@ -138,10 +138,14 @@ def test_invalid_ke_payload_retry_uses_the_group_the_responder_wants() -> None:
     assert sa.algorithms.endswith("modp2048") and sa.ippm_secret() == peer.ippm_secret()
 
 
-def test_no_proposal_chosen_fails_the_initiator() -> None:
+def test_no_proposal_chosen_fails_the_initiator_after_the_grace_period() -> None:
     a, b = engines("aes128-sha256-modp2048", "aes256gcm16-prfsha384-ecp256")
     sa = a.initiate(B, a.peers[0], 0.0)
-    pump(a, b)
+    pump(a, b, 0.1)
+    deadline = a.next_timer()
+    assert events(a) == [] and deadline is not None and deadline <= 0.1 + FAST.error_grace
+    a.handle_timer(deadline)
+    assert a.datagrams_to_send() == []  # no retransmission after the notify
     (failed,) = events(a)
     assert isinstance(failed, Failed) and failed.reason == "no-proposal-chosen" and failed.spis == sa.spis
     assert b.counters[Reason.NO_PROPOSAL_CHOSEN] == 1 and len(b.registry) == 0 and len(a.registry) == 0
@@ -514,7 +518,9 @@ def test_higher_major_version_is_dropped_and_answered_invalid_major_version() ->
     assert header.is_response and header.spi_i == request[4:12] and header.spi_r == bytes(8)
     assert struct.unpack_from("!H", decoded, HEADER.size + GENERIC_HEADER.size + 2)[0] == 5
     assert b.counters[Reason.UNSUPPORTED_MAJOR_VERSION] == 1 and len(b.registry) == 0
-    a.receive_datagram(reply, B, 0.0)  # like strongSwan, the initiator gives up at once
+    a.receive_datagram(reply, B, 0.0)  # unprotected: the initiator gives up after the grace period
+    assert reasons(a) == [] and a.datagrams_to_send() == []
+    a.handle_timer(FAST.error_grace)
     assert reasons(a) == [("Failed", "peer-refused")] and len(a.registry) == 0
 
 
@@ -661,3 +667,28 @@ def test_superseded_sa_whose_delete_never_comes_is_dropped_locally() -> None:
     b.handle_timer(31.0)
     assert b.lookup(*sa.spis) is None and len(b.registry) == 1
     assert [e for e in events(b) if isinstance(e, Deleted)] == [Deleted(sa.spis, "rekeyed")]
+
+
+def test_forged_error_notify_in_ike_sa_init_does_not_stop_the_genuine_answer() -> None:
+    """s2.21.1: an unprotected N(NO_PROPOSAL_CHOSEN) can come from anyone; the real response still counts."""
+    a, b = engines()
+    sa = a.initiate(B, a.peers[0], 0.0)
+    ((request, _),) = a.datagrams_to_send()
+    header = decode_header(unframe(request, A[1], B[1]))
+    from nf.ike.message import encode_message, frame, plain
+    from nf.ike.payloads import NotifyPayload, NotifyType
+
+    forged = plain(
+        header.spi_i,
+        b"\x01" * 8,
+        ExchangeType.IKE_SA_INIT,
+        0,
+        is_response=True,
+        from_initiator=False,
+        payloads=[NotifyPayload(NotifyType.NO_PROPOSAL_CHOSEN)],
+    )
+    a.receive_datagram(frame(encode_message(forged), A[1], B[1]), B, 0.05)
+    assert events(a) == [] and a.lookup(*sa.spis) is sa
+    b.receive_datagram(request, A, 0.1)
+    pump(a, b, 0.2)
+    assert sa.state == SAState.ESTABLISHED and [type(e) for e in events(a)] == [Established]

@@ -195,6 +195,7 @@ class _InitData:
     cookie: bytes | None = None
     retries: int = 0
     childless_ok: bool = False
+    error: tuple[Reason, str] | None = None  # an unprotected error notify we are not yet trusting
 
 
 @dataclass
@@ -555,7 +556,11 @@ class IKEEngine:
             reason = _superseded_reason(sa) if old_state == SAState.REKEYED else "timeout"
             self._events.append(Deleted(sa.spis, reason))
         else:
-            self._fail(sa, Reason.TIMEOUT, "no response from the peer")
+            init = _ctx(sa).init
+            if init is not None and init.error is not None:
+                self._fail(sa, *init.error)
+            else:
+                self._fail(sa, Reason.TIMEOUT, "no response from the peer")
 
     # ============================================================== receiving
 
@@ -864,12 +869,16 @@ class IKEEngine:
             return
         errors = [n for n in message.all(NotifyPayload) if n.is_error]
         if errors:
+            # unprotected, so possibly forged (s2.21.1): stop retransmitting, but a genuine response that
+            # arrives within the grace period still wins; otherwise the SA fails with this reason
             reason = (
                 Reason.NO_PROPOSAL_CHOSEN
                 if errors[0].notify_type == NotifyType.NO_PROPOSAL_CHOSEN
                 else Reason.PEER_REFUSED
             )
-            self._fail(sa, reason, f"peer sent notify {errors[0].notify_type}")
+            init.error = (reason, f"peer sent notify {errors[0].notify_type}")
+            sa.give_up_soon(now)
+            self._arm(sa)
             return
         sa_payload, ke, nonce = (
             message.first(SAPayload),

@@ -75,11 +75,15 @@ Event = Established | Rekeyed | Deleted | Failed
 
 @dataclass(frozen=True)
 class RetransmitPolicy:
-    """strongSwan's defaults (charon.opt): 4 s, factor 1.8, 5 retransmissions, give up ~165 s after start."""
+    """strongSwan's defaults (charon.opt): 4 s, factor 1.8, 5 retransmissions, give up ~165 s after start.
+
+    An error notify in an IKE_SA_INIT response is unauthenticated and could be forged (RFC 7296 s2.21.1), so
+    the initiator stops retransmitting but keeps listening `error_grace` seconds for a real answer."""
 
     timeout: float = 4.0
     base: float = 1.8
     tries: int = 5
+    error_grace: float = 1.0  # after an unprotected error notify, wait this long for a genuine answer
 
     def delay(self, attempt: int) -> float:
         """Wait after send number `attempt` (0 = first transmission) before the next one / giving up."""
@@ -210,6 +214,13 @@ class IKESA:
 
     def next_timer(self) -> float | None:
         return self.outstanding.next_at if self.outstanding is not None else None
+
+    def give_up_soon(self, now: float) -> None:
+        """No more retransmissions: the request times out `policy.error_grace` from now at the latest."""
+        out = self.outstanding
+        if out is not None:
+            out.attempt = self.policy.tries
+            out.next_at = min(out.next_at, now + self.policy.error_grace)
 
     def retransmit_due(self, now: float) -> bytes | bool | None:
         """The datagram to re-send now, None if nothing is due, or False when the schedule is exhausted."""
