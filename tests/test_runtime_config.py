@@ -228,6 +228,7 @@ def test_secrets_are_never_quoted() -> None:
     assert error.path == "/twamp-nf-twamp:twamp/client/key-chain[key-id='k1']/secret-key"
     assert SECRET.decode() not in str(error)
     assert SECRET.decode() not in repr(build_plan(_client()))
+    assert "fingerprint" not in repr(build_plan(_client()))  # digests of secrets stay out of repr too
 
 
 def _certificate(directory: Path) -> tuple[Path, Path]:

@@ -16,8 +16,10 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import hmac
 import ipaddress
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -58,6 +60,9 @@ MODE_BITS: dict[str, Modes] = {
 NO_SA_POLICIES = ("initiate", "fallback", "fail")
 REQUESTABLE_FEATURES = Modes.INDIVIDUAL_SESSION_CONTROL | Modes.REFLECT_OCTETS | Modes.SYMMETRICAL_SIZE
 NTP_UNIX_OFFSET = 2208988800
+# Change detection compares digests of secrets; keyed with a per-process random value, so a digest that ended
+# up somewhere would not help anyone guess the secret.
+_DIGEST_SALT = os.urandom(16)
 
 
 class ConfigError(Exception):
@@ -239,7 +244,7 @@ class ConnectionPlan:
     max_count_exponent: int
     ikev2: IKEv2Binding | None
     sessions: tuple[SessionPlan, ...]
-    fingerprint: str
+    fingerprint: str = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -253,7 +258,7 @@ class ServerPlan:
     allowed_peers: tuple[str, ...]
     limits: Limits
     dscp: int | None
-    fingerprint: str  # listening socket (address and port)
+    fingerprint: str = field(repr=False)  # listening socket (address and port)
 
 
 @dataclass(frozen=True)
@@ -277,7 +282,7 @@ class PeerPlan:
     liveness_interval: float
     liveness_action: str
     auto_initiate: bool
-    fingerprint: str
+    fingerprint: str = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -285,7 +290,7 @@ class IKEPlan:
     path: str
     listen: tuple[str, int]
     peers: dict[str, PeerPlan]
-    fingerprint: str  # the listening socket
+    fingerprint: str = field(repr=False)  # the listening socket
 
 
 @dataclass(frozen=True)
@@ -608,7 +613,7 @@ def _secret_digest(chain: KeyChain | None, key_id: str | None) -> str | None:
     if chain is None or key_id is None:
         return None
     secret = chain.secret_for(key_id.encode("utf-8"))
-    return None if secret is None else secret.derive_kek(b"twamp-nf-config", 1).hex()
+    return None if secret is None else secret.derive_kek(_DIGEST_SALT, 1).hex()
 
 
 def _usable(mode: Modes, has_key_id: bool, has_binding: bool) -> bool:
@@ -754,7 +759,7 @@ def _credential(
         secret = entry.secret("psk")
         if len(secret) < 16:
             raise ConfigError("invalid-value", entry.at("psk"), "psk must be 16 to 1024 octets")
-        digest = hashlib.pbkdf2_hmac("sha256", secret, b"twamp-nf-config", 1).hex()
+        digest = hmac.new(_DIGEST_SALT, secret, hashlib.sha256).hexdigest()
         return identity, PreSharedKey(secret), None, (), digest
     cert_path = entry.text("certificate-file") if entry.has("certificate-file") else None
     key_path = entry.text("private-key-file") if entry.has("private-key-file") else None
