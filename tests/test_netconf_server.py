@@ -585,3 +585,52 @@ def test_server_logs_never_carry_secrets(rig: Rig, caplog: pytest.LogCaptureFixt
     for record in server_side:
         text = record.getMessage()
         assert SECRET_B64 not in text and PSK_B64 not in text and PSK_B64[:8] not in text
+
+
+def test_notifications_never_interleave_with_large_replies(rig: Rig) -> None:
+    import threading
+
+    m = rig.connect()
+    entries = "".join(
+        f"<key-chain><key-id>key-{n:04d}</key-id><secret-key>{SECRET_B64}</secret-key></key-chain>"
+        for n in range(300)
+    )
+    m.edit_config(
+        target="running",
+        config=f'<config xmlns="{NC_NS}"><twamp xmlns="{TWAMP_NS}"><server><modes>authenticated</modes>'
+        f"{entries}</server></twamp></config>",
+    )
+    m.create_subscription()
+    assert rig.runtime.subscribed.wait(WAIT)
+    deadline = time.monotonic() + WAIT
+    while rig.app.hub.subscribers() == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    events = 200
+
+    def emit() -> None:
+        for n in range(events):
+            rig.runtime.emit(
+                {
+                    "event": "twamp-nf-twamp:ctrl-connection-failed",
+                    "time": f"2026-11-23T19:40:{n % 60:02d}Z",
+                    "data": {
+                        "role": "server",
+                        "reason": "twamp-nf-twamp:control-client-declined",
+                        "client-tcp-port": n + 1,
+                    },
+                }
+            )
+
+    emitter = threading.Thread(target=emit)
+    emitter.start()
+    for _ in range(20):
+        reply = _xml(m.get_config("running"))  # each reply is over one 16 KiB chunk
+        assert len(reply.findall(f".//{{{TWAMP_NS}}}key-chain")) == 300
+    emitter.join(WAIT)
+    ports = set()
+    for _ in range(events):
+        notification = m.take_notification(timeout=WAIT)
+        assert notification is not None
+        root = etree.fromstring(notification.notification_xml.encode())
+        ports.add(root.findtext(f".//{{{TWAMP_NS}}}client-tcp-port"))
+    assert ports == {str(n + 1) for n in range(events)}
