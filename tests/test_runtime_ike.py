@@ -12,6 +12,8 @@ import socket
 from dataclasses import replace
 from typing import Any
 
+from nf.ike.sa import Established, RetransmitPolicy, SAState
+from nf.net.ike_endpoint import Lifetimes
 from nf.runtime.daemon import Runtime
 from nf.runtime.events import Subscription
 from tests.conftest import free_port
@@ -114,3 +116,43 @@ async def lifetimes() -> None:
 
 def test_per_peer_rekey_time_and_hard_lifetime() -> None:
     asyncio.run(lifetimes())
+
+
+async def liveness() -> None:
+    port_a = free_port("127.0.0.1", socket.SOCK_DGRAM)
+    port_b = free_port("127.0.0.1", socket.SOCK_DGRAM)
+    a, b = Runtime(), Runtime()
+    events_b = b.bus.subscribe()
+    try:
+        await a.apply({"twamp-nf-ike:ike": ike_config("a", "b", port_a, port_b, auto=False)})
+        await b.apply({"twamp-nf-ike:ike": ike_config("b", "a", port_b, port_a, auto=False)})
+        plan, endpoint = b.hub.plan, b.hub.endpoint
+        assert plan is not None and endpoint is not None
+        quick = RetransmitPolicy(timeout=0.3, base=1.0, tries=2)
+        peer = plan.peers["a"] = replace(
+            plan.peers["a"], config=replace(plan.peers["a"].config, retransmit=quick)
+        )
+        endpoint.lifetimes = Lifetimes(liveness_interval=0.3)
+        assert peer.liveness_action == "restart"
+        assert isinstance(await b.hub.initiate(("127.0.0.1", port_a), peer.config, WAIT), Established)
+        await next_event(events_b, "twamp-nf-ike:ike-sa-up")
+
+        silent = a.hub.endpoint  # A vanishes without a word
+        assert silent is not None
+        a.hub.endpoint = None
+        silent.close()
+        down = await next_event(events_b, "twamp-nf-ike:ike-sa-down")
+        assert down["data"]["reason"] == "liveness-timeout" and down["data"]["peer"] == "a"
+        engine = endpoint.engine
+        assert engine is not None
+        deadline = asyncio.get_running_loop().time() + WAIT
+        while not any(sa.state is SAState.INIT_SENT for sa in engine.registry):  # action restart
+            assert asyncio.get_running_loop().time() < deadline, "no new SA was initiated"
+            await asyncio.sleep(0.05)
+    finally:
+        await a.close()
+        await b.close()
+
+
+def test_liveness_failure_restarts_the_sa() -> None:
+    asyncio.run(liveness())

@@ -275,12 +275,22 @@ class IKEHub:
                 self._publish(
                     events.ike_sa_down(event.spis, peer=gone.peer, reason=_down_reason(event.reason))
                 )
+                if event.reason == "timeout":
+                    self._after_liveness_failure(gone.peer)
         self._changed.set()
         for callback in list(self.listeners):
             try:
                 callback(event)
             except Exception:
                 log.exception("IKE event listener failed")
+
+    def _after_liveness_failure(self, name: str | None) -> None:
+        """YANG liveness action restart: a new SA after the peer stopped answering (auto-initiate peers are
+        brought back by their own loop anyway)."""
+        peer = self.plan.peers.get(name) if self.plan is not None and name is not None else None
+        if peer is not None and peer.liveness_action == "restart" and not peer.auto_initiate:
+            log.info("IKE peer %s stopped answering: initiating a new SA", peer.name)
+            _background(self.initiate((peer.address, peer.port), peer.config, REKEY_TIMEOUT))
 
     # --- per-peer lifetimes
 
