@@ -20,7 +20,7 @@ from nf.ike.counters import Reason
 from nf.ike.exchanges import IKEEngine, Limits, PeerConfig
 from nf.ike.identities import Identity
 from nf.ike.message import HEADER, ExchangeType, decode_header, decode_message, unframe
-from nf.ike.payloads import GENERIC_HEADER, NoncePayload, PayloadType
+from nf.ike.payloads import GENERIC_HEADER, NoncePayload, NotifyType, PayloadType
 from nf.ike.proposals import parse_proposals
 from nf.ike.sa import IKESA, Deleted, Established, Event, Failed, Rekeyed, RetransmitPolicy, SAState
 
@@ -676,7 +676,7 @@ def test_forged_error_notify_in_ike_sa_init_does_not_stop_the_genuine_answer() -
     ((request, _),) = a.datagrams_to_send()
     header = decode_header(unframe(request, A[1], B[1]))
     from nf.ike.message import encode_message, frame, plain
-    from nf.ike.payloads import NotifyPayload, NotifyType
+    from nf.ike.payloads import NotifyPayload
 
     forged = plain(
         header.spi_i,
@@ -692,3 +692,27 @@ def test_forged_error_notify_in_ike_sa_init_does_not_stop_the_genuine_answer() -
     b.receive_datagram(request, A, 0.1)
     pump(a, b, 0.2)
     assert sa.state == SAState.ESTABLISHED and [type(e) for e in events(a)] == [Established]
+
+
+def test_initial_contact_from_a_restarted_peer_replaces_its_old_sas() -> None:
+    """s2.4: a fresh engine (no SA with the peer) sends N(INITIAL_CONTACT); the responder forgets that
+    identity's older SAs from that address. An engine that still has an SA with the peer does not send it."""
+    a, b = engines("aes128gcm16-prfsha256-x25519")
+    first, _ = establish(a, b)
+    second = a.initiate(B, a.peers[0], 1.0)  # a already has an SA with b: no INITIAL_CONTACT
+    pump(a, b, 1.0)
+    assert second.state == SAState.ESTABLISHED and len(b.registry) == 2
+    events(a), events(b)
+    restarted = IKEEngine(
+        A, os.urandom, 2.0, peers=[config("a.test", "b.test", "aes128gcm16-prfsha256-x25519")]
+    )
+    third = restarted.initiate(B, restarted.peers[0], 2.0)
+    wire = pump(restarted, b, 2.0)
+    responder_sa = b.lookup(*third.spis)
+    assert responder_sa is not None and responder_sa.state == SAState.ESTABLISHED
+    auth_request = decode_message(unframe(wire[2], A[1], B[1]), responder_sa.keymat)
+    assert auth_request.exchange == ExchangeType.IKE_AUTH
+    assert auth_request.notifies(NotifyType.INITIAL_CONTACT)
+    assert [sa.spis for sa in b.registry] == [third.spis]
+    gone = sorted((e.spis, e.reason) for e in events(b) if isinstance(e, Deleted))
+    assert gone == sorted([(first.spis, "initial-contact"), (second.spis, "initial-contact")])

@@ -29,6 +29,7 @@ import hashlib
 import heapq
 import ipaddress
 import itertools
+import logging
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -120,6 +121,7 @@ from nf.ike.sa import (
 )
 from nf.ike.transforms import DH_GROUPS, KeyExchange, Rng
 
+log = logging.getLogger("nf.ike")
 NONCE_SIZE = 32
 MAX_INIT_RETRIES = 3  # COOKIE / INVALID_KE_PAYLOAD round trips before giving up
 PROTOCOL_IKE = ProtocolId.IKE
@@ -960,6 +962,8 @@ class IKEEngine:
         if not config.remote_id.is_any:
             payloads.append(config.remote_id.to_idr())
         payloads.append(auth)
+        if not self._others_with(sa):  # s2.4: nothing else with this peer, e.g. after our restart
+            payloads.append(NotifyPayload(NotifyType.INITIAL_CONTACT))
         sa.state = SAState.AUTH_SENT
         self._request(sa, ExchangeType.IKE_AUTH, payloads, now)
 
@@ -1012,6 +1016,30 @@ class IKEEngine:
         self._respond(sa, header, payloads)
         ctx.config, ctx.init = config, None
         self._established(sa, peer_id, now)
+        if message.notifies(NotifyType.INITIAL_CONTACT):
+            self._initial_contact(sa)
+
+    def _others_with(self, sa: IKESA) -> list[IKESA]:
+        """Our other IKE SAs (in any live state) with the host `sa` talks to."""
+        host = ipaddress.ip_address(sa.remote[0])
+        return [
+            other
+            for other in self.registry
+            if other is not sa
+            and other.state not in (SAState.FAILED, SAState.DELETED)
+            and ipaddress.ip_address(other.remote[0]) == host
+        ]
+
+    def _initial_contact(self, sa: IKESA) -> None:
+        """s2.4: the peer says this is its only IKE SA with us (it restarted), so its identity's older SAs
+        from that address and port are dead: forget them without a Delete, which the peer could not decrypt
+        anyway. (Same port too: two endpoints of one host that share an identity stay independent.)"""
+        for other in self._others_with(sa):
+            live = other.state in (SAState.ESTABLISHED, SAState.REKEYED, SAState.DELETING)
+            if live and other.remote[1] == sa.remote[1] and other.peer_id == sa.peer_id:
+                log.info("ike: %s replaces %s (INITIAL_CONTACT)", spis_text(sa.spis), spis_text(other.spis))
+                self._remove(other, SAState.DELETED)
+                self._events.append(Deleted(other.spis, "initial-contact"))
 
     def _auth_response(self, sa: IKESA, message: Message, now: float) -> None:
         ctx = _ctx(sa)
