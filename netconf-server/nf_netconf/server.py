@@ -116,6 +116,7 @@ class NetconfApp:
             session.close()
         self.events.stop()
         self.runtime.close()
+        log.info("NETCONF server stopped; refusals by reason: %s", self.counters.snapshot())
 
     # sessions ---------------------------------------------------------------------------------------------
 

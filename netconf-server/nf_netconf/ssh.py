@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import select
 import socket
 import threading
 from pathlib import Path
@@ -146,8 +147,6 @@ class BoundSSHServer(netconf.server.NetconfSSHServer):  # type: ignore[misc]
             return len(self.sockets) + self._handshakes
 
     def _accept_loop(self, listener: socket.socket) -> None:
-        import select
-
         try:
             while True:
                 ready, _, _ = select.select([listener, self.close_rsocket], [], [])
