@@ -716,3 +716,39 @@ def test_initial_contact_from_a_restarted_peer_replaces_its_old_sas() -> None:
     assert [sa.spis for sa in b.registry] == [third.spis]
     gone = sorted((e.spis, e.reason) for e in events(b) if isinstance(e, Deleted))
     assert gone == sorted([(first.spis, "initial-contact"), (second.spis, "initial-contact")])
+
+
+def test_peer_that_cannot_rekey_gets_a_new_ike_sa_and_the_old_one_is_deleted() -> None:
+    """s4: a minimal peer answers our IKE SA rekey NO_ADDITIONAL_SAS; like strongSwan we then set up a
+    brand-new IKE SA (IKE_SA_INIT + IKE_AUTH) and delete the old one once it is up."""
+    from nf.ike.message import encode_message, frame, protected
+    from nf.ike.payloads import NotifyPayload
+
+    a, b = engines("aes128gcm16-prfsha256-x25519")
+    sa, peer = establish(a, b)
+    events(a), events(b)
+    a.rekey(sa, 1.0)
+    ((request, _),) = a.datagrams_to_send()
+    header = decode_header(unframe(request, A[1], B[1]))
+    refusal = protected(
+        sa.spi_i,
+        sa.spi_r,
+        ExchangeType.CREATE_CHILD_SA,
+        header.message_id,
+        is_response=True,
+        from_initiator=False,
+        payloads=[NotifyPayload(NotifyType.NO_ADDITIONAL_SAS)],
+    )
+    b.receive_datagram(request, A, 1.0)  # b keeps its message-ID window in step; its real answer is
+    b.datagrams_to_send()  # replaced by the refusal a minimal implementation would send
+    a.receive_datagram(frame(encode_message(refusal, peer.keymat_or_fail()), B[1], A[1]), B, 1.0)
+    (refused,) = events(a)
+    assert isinstance(refused, Failed) and refused.reason == "rekey-refused"
+    assert refused.detail.endswith("reauthenticating") and sa.state == SAState.ESTABLISHED
+    pump(a, b, 1.1)
+    a_events = events(a)
+    (established,) = [e for e in a_events if isinstance(e, Established)]
+    assert established.spis != sa.spis and a_events[-1] == Deleted(sa.spis, "reauthenticated")
+    new_a, new_b = a.lookup(*established.spis), b.lookup(*established.spis)
+    assert new_a is not None and new_b is not None and new_a.ippm_secret() == new_b.ippm_secret()
+    assert a.lookup(*sa.spis) is None and b.lookup(*sa.spis) is None

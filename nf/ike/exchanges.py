@@ -225,6 +225,8 @@ class _Context:
     collision: _Collision | None = None  # the peer's rekey that crossed ours (s2.8.2)
     redundant: bool = False  # the loser of a rekey collision: its creator deletes it
     expires: float | None = None  # a REKEYED SA is dropped locally then if its Delete never came
+    replaces: IKESA | None = None  # the SA this reauthentication replaces (deleted once we are up)
+    reauthenticated: bool = False  # replaced by a new IKE SA after the peer refused to rekey it
 
 
 def _ctx(sa: IKESA) -> _Context:
@@ -1108,6 +1110,23 @@ class IKEEngine:
         sa.peer_id = str(peer_id)
         sa.established_at = now
         self._events.append(Established(sa.spis, sa.algorithms, sa.peer_id, sa.initiator))
+        old = _ctx(sa).replaces
+        if old is not None and old in self.registry and old.state == SAState.ESTABLISHED:
+            _ctx(old).reauthenticated = True
+            if old.busy:  # its request finishes first; the peer may delete it, else it expires
+                self._superseded(old, now)
+            else:
+                self.delete(old, now)
+
+    def _reauthenticate(self, sa: IKESA, now: float) -> bool:
+        """s4: a peer that cannot rekey IKE SAs (NO_ADDITIONAL_SAS) gets a brand-new IKE SA instead (as
+        strongSwan does); the old one is deleted once the new one is up. False if we cannot start one."""
+        config = _ctx(sa).config
+        if config is None or len(self.registry) >= self.limits.max_sas:
+            return False
+        new = self.initiate(sa.remote, config, now)
+        _ctx(new).replaces = sa
+        return True
 
     # ------------------------------------------------------------ dispatch after IKE_SA_INIT
 
@@ -1144,7 +1163,13 @@ class IKEEngine:
             if sa.state == SAState.DELETING:
                 ctx = _ctx(sa)
                 reason = (
-                    "redundant" if ctx.redundant else "rekeyed" if ctx.successor is not None else "deleted"
+                    "redundant"
+                    if ctx.redundant
+                    else "reauthenticated"
+                    if ctx.reauthenticated
+                    else "rekeyed"
+                    if ctx.successor is not None
+                    else "deleted"
                 )
                 self._remove(sa, SAState.DELETED)
                 self._events.append(Deleted(sa.spis, reason))
@@ -1338,6 +1363,8 @@ class IKEEngine:
                 return
             detail = f"notify {errors[0].notify_type}" if errors else "malformed response"
             self._count(Reason.PEER_REFUSED, f"{spis_text(sa.spis)} rekey: {detail}")
+            if any(n.notify_type == NotifyType.NO_ADDITIONAL_SAS for n in errors):
+                detail += "; reauthenticating" if self._reauthenticate(sa, now) else ""
             self._events.append(Failed(sa.spis, "rekey-refused", detail))
             return
         suite_now = keymat.suite
@@ -1402,7 +1429,8 @@ class IKEEngine:
 
 
 def _superseded_reason(sa: IKESA) -> str:
-    return "redundant" if _ctx(sa).redundant else "rekeyed"
+    ctx = _ctx(sa)
+    return "redundant" if ctx.redundant else "reauthenticated" if ctx.reauthenticated else "rekeyed"
 
 
 def _signer(config: PeerConfig) -> Signer:
