@@ -26,7 +26,8 @@ from nf.ike.sa import IKESA, Deleted, Established, Event, Failed, Rekeyed, Retra
 
 A = ("127.0.0.1", 41000)
 B = ("127.0.0.1", 41001)
-PSK = PreSharedKey(bytes(range(32)))
+PSK_BYTES = bytes(range(32))
+PSK = PreSharedKey(PSK_BYTES)
 FAST = RetransmitPolicy(timeout=1.0, base=2.0, tries=2)
 
 
@@ -752,3 +753,138 @@ def test_peer_that_cannot_rekey_gets_a_new_ike_sa_and_the_old_one_is_deleted() -
     new_a, new_b = a.lookup(*established.spis), b.lookup(*established.spis)
     assert new_a is not None and new_b is not None and new_a.ippm_secret() == new_b.ippm_secret()
     assert a.lookup(*sa.spis) is None and b.lookup(*sa.spis) is None
+
+
+_KEY_SLOTS = ("_sk_d", "_sk_ai", "_sk_ar", "_sk_ei", "_sk_er", "_sk_pi", "_sk_pr")
+
+
+def _spellings(secret: bytes) -> set[str]:
+    import base64
+
+    return {secret.hex(), secret.hex().upper(), repr(secret)[2:-1], base64.b64encode(secret).decode()}
+
+
+def test_no_key_material_in_repr_logs_events_counters_or_errors(caplog: pytest.LogCaptureFixture) -> None:
+    """Key hygiene across a whole SA life with bad input: the SK_* of every SA, the PSK and the RFC 7717
+    secret appear in no repr/str, log line, event, counter or exception text; only SPIs and algorithms."""
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    a, b = engines("aes128-sha256-x25519")
+    sa, peer = establish(a, b)
+    texts: list[str] = []
+    keymats = [sa.keymat_or_fail()]
+    # bad input of every kind on the established SA
+    a.check_liveness(sa, 1.0)
+    ((request, _),) = a.datagrams_to_send()
+    flipped = request[:-1] + bytes([request[-1] ^ 1])
+    for junk in (flipped, request[:30], request[:4] + bytes(8) + request[12:]):
+        b.receive_datagram(junk, A, 1.0)
+    b.receive_datagram(request, A, 1.0)
+    pump(a, b, 1.0)
+    a.rekey(sa, 1.0)
+    with pytest.raises(RuntimeError) as refused:  # a second request while one is in flight
+        a.rekey(sa, 1.0)
+    texts.append(str(refused.value))
+    texts += [repr(sa), repr(peer), repr(sa.exchange_state), repr(peer.exchange_state)]
+    pump(a, b, 1.1)
+    for engine in (a, b):
+        texts += [repr(engine), repr(engine.counters), str(engine.counters.snapshot())]
+        for item in engine.registry:
+            keymats.append(item.keymat_or_fail())
+            texts += [repr(item), str(item), repr(item.keymat), repr(item.exchange_state)]
+            texts.append(repr(item.ippm_secret()))
+        texts += [repr(event) for event in events(engine)]
+        texts += [repr(p) for p in engine.peers]
+    texts.append(caplog.text)
+    assert "ike: integrity-check-failed" in caplog.text and "ike: unknown-spi" in caplog.text
+    secrets = [PSK_BYTES] + [getattr(k, slot) for k in keymats for slot in _KEY_SLOTS if getattr(k, slot)]
+    secrets += [k.ippm_secret()._secret for k in keymats]
+    assert len(keymats) >= 3 and len(secrets) >= 22  # the old SA's and both copies of the rekeyed one
+    joined = "\n".join(texts)
+    assert sa.spi_i.hex() in joined and "aes128-sha256" in joined
+    for secret in secrets:
+        for spelling in _spellings(secret):
+            assert spelling not in joined
+
+
+def _log_lines(caplog: pytest.LogCaptureFixture, reason: Reason) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"ike: {reason.value}")]
+
+
+def test_each_kind_of_bad_datagram_is_counted_every_time_and_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Truncated, wrong SPI, bad ICV, unknown critical payload, invalid syntax: 20 copies each give 20 counts
+    and one log line per reason (the rest are suppressed by the per-reason budget); nothing is answered
+    except the authenticated malformed requests, as s2.21 asks."""
+    caplog.set_level("WARNING", logger="nf.ike")
+    a, b = engines("aes256gcm16-prfsha384-ecp256")
+    sa, peer = establish(a, b)
+    a.check_liveness(sa, 1.0)
+    ((request, _),) = a.datagrams_to_send()
+    b.receive_datagram(request, A, 1.0)  # the genuine one first, so the injected requests are in window
+    b.datagrams_to_send()
+    critical = GENERIC_HEADER.pack(next_payload=0, flags=0x80, length=8) + b"\0\0\0\0"
+    cases = {
+        Reason.TRUNCATED: [request[:25]] * 20,
+        Reason.UNKNOWN_SPI: [request[:4] + bytes(8) + request[12:]] * 20,
+        Reason.INTEGRITY_CHECK_FAILED: [request[:-1] + bytes([request[-1] ^ 1])] * 20,
+        Reason.UNSUPPORTED_CRITICAL_PAYLOAD: [_inject(a, sa, 99, critical) for _ in range(20)],
+    }
+    for reason, datagrams in cases.items():
+        for datagram in datagrams:
+            b.receive_datagram(datagram, A, 1.0)
+        assert b.counters[reason] == 20, reason
+        assert len(_log_lines(caplog, reason)) == 1, reason
+    answered = b.datagrams_to_send()
+    assert len(answered) == 20 and peer.state == SAState.ESTABLISHED  # only the critical-payload requests
+    bad = GENERIC_HEADER.pack(next_payload=0, flags=0, length=40) + b"\0\0\0\0"
+    b.receive_datagram(_inject(a, sa, PayloadType.NOTIFY, bad), A, 1.0)  # fatal for the SA
+    assert b.counters[Reason.INVALID_SYNTAX] == 1 and len(_log_lines(caplog, Reason.INVALID_SYNTAX)) == 1
+
+
+def test_authentication_failures_log_the_specific_reason(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Bad signature, untrusted certificate and ID mismatch all answer AUTHENTICATION_FAILED; the count is
+    one reason, the log line names which check failed."""
+    from nf.ike.auth import Signer
+    from nf.ike.certificates import TrustAnchors, load_certificates
+    from tests.strongswan_peer import CharonPKI, make_pki
+
+    caplog.set_level("WARNING", logger="nf.ike")
+    pki = make_pki(tmp_path / "a", {"a.test": "ecdsa", "b.test": "ecdsa", "thief.test": "ecdsa"})
+    stranger = make_pki(tmp_path / "b", {"a.test": "ecdsa"})
+    proposals = parse_proposals("aes128gcm16-prfsha256-x25519")
+
+    def cert_config(local: str, remote: str, key_of: str, owner: CharonPKI) -> PeerConfig:
+        """`owner` issued our certificate; we trust `pki`'s CA."""
+        return PeerConfig(
+            Identity.parse(local),
+            Identity.parse(remote),
+            proposals,
+            signer=Signer.from_file(str(owner.identity(key_of).key)),
+            certificates=tuple(load_certificates(str(owner.identity(local).cert))),
+            trust=TrustAnchors.from_files(str(pki.ca_cert)),
+        )
+
+    responder = cert_config("b.test", "a.test", "b.test", pki)
+    cases = {
+        "wrong-auth-data": cert_config("a.test", "b.test", "thief.test", pki),  # signed with another key
+        "untrusted-certificate": cert_config("a.test", "b.test", "a.test", stranger),
+    }
+    for expected, initiator in cases.items():
+        a = IKEEngine(A, os.urandom, 0.0, peers=[initiator])
+        b = IKEEngine(B, os.urandom, 0.0, peers=[responder])
+        a.initiate(B, initiator, 0.0)
+        pump(a, b)
+        assert b.counters[Reason.AUTHENTICATION_FAILED] == 1 and len(b.registry) == 0, expected
+        lines = _log_lines(caplog, Reason.AUTHENTICATION_FAILED)
+        assert any(expected in line for line in lines[-2:]), lines  # the responder's line (a logs too)
+    a = IKEEngine(A, os.urandom, 0.0, peers=[config("a.test", "b.test")])
+    b = IKEEngine(B, os.urandom, 0.0, peers=[config("b.test", "not-a.test")])
+    a.initiate(B, a.peers[0], 0.0)
+    pump(a, b)
+    assert b.counters[Reason.AUTHENTICATION_FAILED] == 1
+    assert any("id-mismatch" in line for line in _log_lines(caplog, Reason.AUTHENTICATION_FAILED)[-2:])
