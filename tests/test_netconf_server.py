@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from lxml import etree
 from ncclient.operations.rpc import RPCError
+from ncclient.xml_ import to_ele
 
 from nf_netconf.errors import Reason
 from tests.test_netconf_harness import (
@@ -634,3 +635,32 @@ def test_notifications_never_interleave_with_large_replies(rig: Rig) -> None:
         root = etree.fromstring(notification.notification_xml.encode())
         ports.add(root.findtext(f".//{{{TWAMP_NS}}}client-tcp-port"))
     assert ports == {str(n + 1) for n in range(events)}
+
+
+def test_copy_config_inline_to_candidate_then_candidate_to_running(rig: Rig) -> None:
+    m = rig.connect()
+
+    def copy_inline(config: str, target: str) -> None:
+        body = config.replace(f'<config xmlns="{NC_NS}">', "<config>", 1).replace(
+            f'<config xmlns="{NC_NS}"/>', "<config/>"
+        )
+        m.dispatch(
+            to_ele(
+                f'<copy-config xmlns="{NC_NS}"><target><{target}/></target>'
+                f"<source>{body}</source></copy-config>"
+            )
+        )
+
+    copy_inline(SERVER_CONFIG, "candidate")
+    assert rig.runtime.applied == []
+    assert "65536" in _config_xml(m, "candidate")
+    m.copy_config(source="candidate", target="running")
+    assert _count(m) == "65536"
+    assert SECRET_B64 in json.dumps(rig.runtime.applied[-1])
+    reader = rig.connect("reader", READER_PASSWORD)
+    with pytest.raises(RPCError) as err:
+        reader.copy_config(source="candidate", target="running")
+    assert err.value.tag == "access-denied"
+    copy_inline(f'<config xmlns="{NC_NS}"/>', "running")  # an empty config empties running
+    assert _count(m) is None
+    assert rig.runtime.applied[-1] == {}

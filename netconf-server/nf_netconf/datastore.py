@@ -16,11 +16,11 @@ from typing import Any
 
 from lxml import etree
 
-from nf_netconf.edit import Change, apply_edit
+from nf_netconf.edit import apply_edit, subtree_changes
 from nf_netconf.errors import Reason, RpcError
 from nf_netconf.nacm import Nacm
 from nf_netconf.runtime_link import RuntimeLink, RuntimeRefused, RuntimeUnavailable
-from nf_netconf.schema import NC_NS, NodeInfo, Schema
+from nf_netconf.schema import NC_NS, Schema
 
 log = logging.getLogger(__name__)
 
@@ -137,20 +137,17 @@ class Datastores:
         """copy-config: the target becomes `source` (a <data>/<config> element), through the same checks."""
         with self._mutex:
             self._check_lock(target, session_id)
-            if self.nacm.enabled:
-                # copy-config replaces everything: write access to every node of the old and new data
-                for element in [*self._stores[target], *source]:
-                    info = self.schema.lookup(None, element.tag) if isinstance(element.tag, str) else None
-                    if info is not None and not (
-                        self.nacm.may_write(groups, _root_change("delete", info))
-                        and self.nacm.may_write(groups, _root_change("create", info))
-                    ):
-                        raise RpcError(
-                            "access-denied",
-                            f"replacing {info.path} is not permitted",
-                            reason=Reason.ACCESS_DENIED,
-                            path=info.path,
-                        )
+            new_roots = [el for el in source if isinstance(el.tag, str)]
+            changes = subtree_changes(list(self._stores[target]), self.schema, "delete")
+            changes += subtree_changes(new_roots, self.schema, "create")
+            denied = self.nacm.first_denied_write(groups, changes)
+            if denied is not None:
+                raise RpcError(
+                    "access-denied",
+                    f"{denied.op} of {denied.info.path} is not permitted",
+                    reason=Reason.ACCESS_DENIED,
+                    path=denied.instance,
+                )
             work = _wrap([copy.deepcopy(el) for el in source if isinstance(el.tag, str)])
             if target == "running":
                 new = self._apply_running(work, test_only=False)
@@ -239,7 +236,3 @@ class Datastores:
                     self.locks[target] = 0
                     if target == "candidate":
                         self._discard()
-
-
-def _root_change(op: str, info: NodeInfo) -> Change:
-    return Change(op, info, info.path)

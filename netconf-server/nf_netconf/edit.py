@@ -240,6 +240,20 @@ def _clean_copy(element: etree._Element) -> etree._Element:
     return node
 
 
+def subtree_changes(roots: list[etree._Element], schema: Schema, op: str) -> list[Change]:
+    """Every node of `roots` as a `op` change (copy-config replaces whole trees: NACM checks each node)."""
+    changes: list[Change] = []
+    editor = _Editor(schema, changes)
+    for root in roots:
+        if not isinstance(root.tag, str):
+            continue
+        info = schema.lookup(None, root.tag)
+        if info is None:
+            raise unknown_element(_local(root.tag), f"unknown top-level element {_local(root.tag)!r}")
+        editor._record_subtree(root, info, "/" + editor._step(None, info, root), op)
+    return changes
+
+
 def merge_tree(data: etree._Element, roots: list[etree._Element], schema: Schema) -> None:
     """Merge state roots (from the runtime) into a copy of the running config; list entries match by key."""
 
