@@ -170,7 +170,7 @@ class Connection:
     local_id: str
     remote_id: str
     proposals: str = "aes128-sha256-modp2048"
-    auth: str = "psk"  # "psk" or "pubkey"
+    auth: str = "psk"  # "psk", "pubkey" or a signature constraint such as "rsa/pss"
     cert: Identity | None = None  # our certificate when auth = pubkey
     local_addr: str = "127.0.0.1"
     remote_addr: str = "127.0.0.1"
@@ -181,12 +181,12 @@ class Connection:
 
     def render(self) -> str:
         local_auth = f"auth = {self.auth}\n      id = {self.local_id}"
-        if self.auth == "pubkey":
+        if self.auth != "psk":
             if self.cert is None:
                 raise ValueError("pubkey auth needs a certificate")
             local_auth += f"\n      certs = {self.cert.cert.name}"
         remote_auth = f"auth = {self.auth}\n      id = {self.remote_id}"
-        if self.auth == "pubkey":
+        if self.auth != "psk":
             remote_auth += "\n      cacerts = ca.crt"
         return f"""
   {self.name} {{
@@ -378,8 +378,12 @@ def _parse_list_sas(text: str) -> list[SaInfo]:
 class Charon:
     """One private charon daemon; use as a context manager so it is stopped and its files removed."""
 
-    def __init__(self, name: str = "c", port: int | None = None, address: str = "127.0.0.1") -> None:
+    def __init__(
+        self, name: str = "c", port: int | None = None, address: str = "127.0.0.1", *, rsa_pss: bool = False
+    ) -> None:
+        """`rsa_pss`: charon signs with RSASSA-PSS instead of PKCS#1 v1.5 (charon.rsa_pss)."""
         self.name = name
+        self.rsa_pss = rsa_pss
         self.address = address
         self.port = port if port is not None else free_udp_port()
         self.dir = Path(tempfile.mkdtemp(prefix=f"sw{name}-", dir="/tmp"))
@@ -415,6 +419,7 @@ class Charon:
   install_virtual_ip = no
   routing_table = 0
   retransmit_tries = 3
+  rsa_pss = {"yes" if self.rsa_pss else "no"}
   retransmit_timeout = 2.0
   cookie_threshold = 1000
   load_modular = no

@@ -47,6 +47,7 @@ MATRIX = [
     ("ecdsa", "aes128-sha256-x25519"),
     ("rsa", "aes128-sha256-modp2048"),
     ("rsa", "aes256gcm16-prfsha512-ecp384"),
+    ("rsa-pss", "aes256-sha384-modp2048"),
     ("ed25519", "aes128gcm16-prfsha256-x25519"),
     ("ed25519", "aes256-sha512-ecp256"),
 ]
@@ -54,19 +55,27 @@ IDS = {
     "psk": ("sw.test", "py.test"),
     "ecdsa": ("sw-ec.test", "py-ec.test"),
     "rsa": ("sw-rsa.test", "py-rsa.test"),
+    "rsa-pss": ("sw-rsa.test", "py-rsa.test"),  # both sign RSASSA-PSS (charon.rsa_pss = yes)
     "ed25519": ("sw-ed.test", "py-ed.test"),
 }
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> CharonPKI:
-    names = {ident: kind for kind, pair in IDS.items() if kind != "psk" for ident in pair}
+    names = {ident: kind.split("-")[0] for kind, pair in IDS.items() if kind != "psk" for ident in pair}
     return make_pki(tmp_path_factory.mktemp("pki"), names)
 
 
 @pytest.fixture(scope="module")
 def charon() -> Iterator[Charon]:
     with Charon("i") as instance:
+        yield instance
+
+
+@pytest.fixture(scope="module")
+def charon_pss() -> Iterator[Charon]:
+    """A charon that signs with RSASSA-PSS (the default one uses PKCS#1 v1.5 for RSA)."""
+    with Charon("p", rsa_pss=True) as instance:
         yield instance
 
 
@@ -81,7 +90,7 @@ def our_config(pki: CharonPKI, auth: str, proposals: str, psk: bytes = PSK) -> P
         Identity.parse(py),
         Identity.parse(sw),
         parse_proposals(proposals),
-        signer=Signer.from_file(str(ident.key)),
+        signer=Signer.from_file(str(ident.key), rsa_pss=auth == "rsa-pss"),
         certificates=tuple(load_certificates(str(ident.cert))),
         trust=TrustAnchors.from_files(str(pki.ca_cert)),
     )
@@ -142,14 +151,16 @@ def run(coro: Awaitable[None]) -> None:
 @pytest.mark.parametrize(("auth", "proposals"), MATRIX)
 @pytest.mark.parametrize("we_initiate", [True, False], ids=["py-initiator", "charon-initiator"])
 def test_childless_sa_with_charon(
-    charon: Charon, pki: CharonPKI, auth: str, proposals: str, we_initiate: bool
+    request: pytest.FixtureRequest, pki: CharonPKI, auth: str, proposals: str, we_initiate: bool
 ) -> None:
+    charon: Charon = request.getfixturevalue("charon_pss" if auth == "rsa-pss" else "charon")
     async def scenario() -> None:
         config = our_config(pki, auth, proposals)
         endpoint = await open_ike_endpoint(("127.0.0.1", 0), peers=[config])
         recorder = Recorder(endpoint)
         try:
             await in_thread(lambda: charon_conn(charon, pki, auth, proposals, endpoint.local[1]))
+            log_start = len(charon.log_text())
             event: Event
             if we_initiate:
                 event = await endpoint.initiate(("127.0.0.1", charon.port), config)
@@ -161,6 +172,10 @@ def test_childless_sa_with_charon(
             info = await in_thread(lambda: charon.wait_sa(spis=event.spis))
             assert info.initiator is not we_initiate
             assert_same_keys(charon, endpoint, event.spis)
+            if auth == "rsa-pss":  # charon verified our PSS signature and signed with PSS itself
+                told = charon.log_text()[log_start:]
+                assert re.search(r"authentication of 'py-rsa.test' with RSA_EMSA_PSS_SHA2_\d+_SALT", told)
+                assert re.search(r"authentication of 'sw-rsa.test' \(myself\) with RSA_EMSA_PSS_", told)
             sa = endpoint.lookup(*event.spis)
             assert sa is not None
             deleted = await endpoint.delete(sa)
