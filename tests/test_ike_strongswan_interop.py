@@ -172,8 +172,15 @@ def test_childless_sa_with_charon(
             info = await in_thread(lambda: charon.wait_sa(spis=event.spis))
             assert info.initiator is not we_initiate
             assert_same_keys(charon, endpoint, event.spis)
+            told = charon.log_text()[log_start:]
+            # our IKE_SA_INIT carries NAT-D (right hashes: charon sees no NAT), RFC 7427 hashes, RFC 6023
+            ours = "response" if not we_initiate else "request"
+            init = re.search(rf"parsed IKE_SA_INIT {ours} 0 \[ (.*) \]", told)
+            assert init is not None, told[-2000:]
+            for notify in ("N(NATD_S_IP)", "N(NATD_D_IP)", "N(HASH_ALG)", "N(CHDLESS_SUP)"):
+                assert notify in init[1].split(), (notify, init[1])
+            assert "behind NAT" not in told and "received supported signature hash algorithms" in told
             if auth == "rsa-pss":  # charon verified our PSS signature and signed with PSS itself
-                told = charon.log_text()[log_start:]
                 assert re.search(r"authentication of 'py-rsa.test' with RSA_EMSA_PSS_SHA2_\d+_SALT", told)
                 assert re.search(r"authentication of 'sw-rsa.test' \(myself\) with RSA_EMSA_PSS_", told)
             sa = endpoint.lookup(*event.spis)
