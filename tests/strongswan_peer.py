@@ -92,6 +92,8 @@ PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519Pri
 def _private_key(key_type: str) -> PrivateKey:
     if key_type == "ecdsa":
         return ec.generate_private_key(ec.SECP256R1())
+    if key_type == "ecdsa384":
+        return ec.generate_private_key(ec.SECP384R1())
     if key_type == "rsa":
         return rsa.generate_private_key(public_exponent=65537, key_size=2048)
     if key_type == "ed25519":

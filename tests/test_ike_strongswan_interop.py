@@ -45,6 +45,7 @@ MATRIX = [
     ("psk", "aes256gcm16-prfsha384-x25519"),
     ("ecdsa", "aes256gcm16-prfsha384-ecp256"),
     ("ecdsa", "aes128-sha256-x25519"),
+    ("ecdsa384", "aes256gcm16-prfsha384-ecp384"),
     ("rsa", "aes128-sha256-modp2048"),
     ("rsa", "aes256gcm16-prfsha512-ecp384"),
     ("rsa-pss", "aes256-sha384-modp2048"),
@@ -54,6 +55,7 @@ MATRIX = [
 IDS = {
     "psk": ("sw.test", "py.test"),
     "ecdsa": ("sw-ec.test", "py-ec.test"),
+    "ecdsa384": ("sw-ec384.test", "py-ec384.test"),  # P-384 keys and certificates
     "rsa": ("sw-rsa.test", "py-rsa.test"),
     "rsa-pss": ("sw-rsa.test", "py-rsa.test"),  # both sign RSASSA-PSS (charon.rsa_pss = yes)
     "ed25519": ("sw-ed.test", "py-ed.test"),
