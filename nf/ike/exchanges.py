@@ -16,7 +16,13 @@ rekey request that crosses ours is answered as usual; once both exchanges are do
 exchange holds the lowest of the four nonces is redundant and its creator deletes it, and the creator of
 the survivor deletes the old SA. A rekey request on an SA we are deleting gets TEMPORARY_FAILURE (s2.25.2),
 and a peer that refused our rekey but then deletes the old SA leaves us the SA it created. A superseded
-or redundant SA whose Delete never comes is dropped locally after `Limits.superseded_timeout`.
+or redundant SA whose Delete never comes is dropped locally after `Limits.superseded_timeout`. A peer that
+cannot rekey IKE SAs (NO_ADDITIONAL_SAS, s4) gets a new IKE SA instead and the old one is deleted once it is
+up; other refusals leave the SA as it was (the adapter's lifetime timer tries again later).
+
+IKE_AUTH carries N(INITIAL_CONTACT) when we have no other SA with the peer's host; receiving it, we forget
+that identity's older SAs from the same address and port (s2.4). An error notify in an IKE_SA_INIT response
+is unauthenticated: it stops retransmission but fails the SA only after `RetransmitPolicy.error_grace`.
 
 Deliberate limits: window size 1, no Child SAs (a Child SA request is answered NO_ADDITIONAL_SAS), no
 IKE fragmentation, no MOBIKE.
