@@ -381,11 +381,19 @@ class Charon:
     """One private charon daemon; use as a context manager so it is stopped and its files removed."""
 
     def __init__(
-        self, name: str = "c", port: int | None = None, address: str = "127.0.0.1", *, rsa_pss: bool = False
+        self,
+        name: str = "c",
+        port: int | None = None,
+        address: str = "127.0.0.1",
+        *,
+        rsa_pss: bool = False,
+        ike_log_level: int = 4,
     ) -> None:
-        """`rsa_pss`: charon signs with RSASSA-PSS instead of PKCS#1 v1.5 (charon.rsa_pss)."""
+        """`rsa_pss`: charon signs with RSASSA-PSS instead of PKCS#1 v1.5 (charon.rsa_pss).
+        `ike_log_level` 4 logs the keys the tests compare; a benchmark uses 1 (no hex dumps)."""
         self.name = name
         self.rsa_pss = rsa_pss
+        self.ike_log_level = ike_log_level
         self.address = address
         self.port = port if port is not None else free_udp_port()
         self.dir = Path(tempfile.mkdtemp(prefix=f"sw{name}-", dir="/tmp"))
@@ -443,7 +451,7 @@ class Charon:
       flush_line = yes
       append = no
       default = 1
-      ike = 4
+      ike = {self.ike_log_level}
       cfg = 2
       net = 2
       enc = 1
