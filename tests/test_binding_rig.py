@@ -75,17 +75,6 @@ def run(coro: Awaitable[None], timeout: float = 150.0) -> None:
     asyncio.run(guarded())
 
 
-@dataclass(frozen=True, slots=True)
-class BoundMeasurement(MeasurementConfig):
-    """A MeasurementConfig whose ClientConfig comes from the binding (IKEv2-derived Key ID and secret)."""
-
-    bound: ClientConfig | None = None
-
-    def client_config(self) -> ClientConfig:
-        assert self.bound is not None
-        return self.bound
-
-
 @dataclass
 class Rig:
     client_ike: IKEEndpoint
@@ -135,9 +124,10 @@ class Rig:
         self.client_ike.close()
         self.server_ike.close()
 
-    def measurement(self, config: ClientConfig) -> BoundMeasurement:
-        return BoundMeasurement(
-            host=self.address, port=self.port, mode=SecurityMode.AUTHENTICATED, bound=config, timeout=30.0
+    def measurement(self, config: ClientConfig) -> MeasurementConfig:
+        """The binding's ClientConfig (IKEv2-derived Key ID and secret) as given, not derived from `mode`."""
+        return MeasurementConfig(
+            host=self.address, port=self.port, mode=SecurityMode.AUTHENTICATED, client=config, timeout=30.0
         )
 
     async def connect(self, keying: SAKeying | None, chain: Sequence[Modes]) -> ControlConnection:

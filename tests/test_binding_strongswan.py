@@ -24,7 +24,7 @@ from nf.ike.certificates import TrustAnchors, load_certificates
 from nf.ike.exchanges import PeerConfig
 from nf.ike.identities import Identity
 from nf.ike.proposals import parse_proposals
-from nf.net.control_connector import ControlConnection
+from nf.net.control_connector import ControlConnection, MeasurementConfig
 from nf.net.control_listener import ControlListener
 from nf.net.ike_endpoint import open_ike_endpoint
 from nf.net.limits import Limits
@@ -34,7 +34,7 @@ from nf.twamp.control_server import ServerConfig
 from nf.twamp.keysource import SharedSecret
 from nf.twamp.modes import Modes, SecurityMode
 from tests.strongswan_peer import Charon, CharonPKI, Connection, make_pki
-from tests.test_binding_rig import IKEV2_AUTH, BoundMeasurement, run, run_test_session, setup
+from tests.test_binding_rig import IKEV2_AUTH, run, run_test_session, setup
 
 pytestmark = pytest.mark.strongswan
 
@@ -150,8 +150,8 @@ def test_charon_derived_secret_equals_ours_and_keys_our_server(
             client = ClientConfig(
                 mode_preference=(IKEV2_AUTH,), ikev2_key_id=keying.key_id, ikev2_key_source=remote
             )
-            measurement = BoundMeasurement(
-                host="127.0.0.1", port=port, mode=SecurityMode.AUTHENTICATED, bound=client, timeout=30.0
+            measurement = MeasurementConfig(
+                host="127.0.0.1", port=port, mode=SecurityMode.AUTHENTICATED, client=client, timeout=30.0
             )
             connection = ControlConnection(measurement, rng=os.urandom)
             await connection.connect()

@@ -12,11 +12,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-from nf.net.control_connector import ControlConnection, MeasurementConfig
-from nf.twamp.control_client import SessionRequest
-from nf.twamp.control_events import SessionAccepted, SetupCompleted, StartAcked
+import pytest
+
+from nf.net.control_connector import (
+    ControlClientError,
+    ControlConnection,
+    MeasurementConfig,
+    SessionPlan,
+    measure,
+)
+from nf.twamp.control_client import ClientConfig, SessionRequest
+from nf.twamp.control_events import ControlFailure, SessionAccepted, SetupCompleted, StartAcked
 from nf.twamp.control_messages import ServerGreeting
-from nf.twamp.modes import Accept, SecurityMode
+from nf.twamp.keysource import KeyChain
+from nf.twamp.modes import Accept, Modes, SecurityMode
 from tests.conftest import CLI, WAIT, Child, run_cli, split_hostport
 
 
@@ -243,3 +252,33 @@ def test_servwait_is_suspended_while_a_session_runs(reflector_factory: Any) -> N
     stats = reflector.final_stats()
     assert "servwait_timeout" not in stats["connections"]
     assert stats["sessions"]["stopped"] == 1
+
+
+def _chain_config(address: str, keys: Path, chain: tuple[Modes, ...]) -> MeasurementConfig:
+    """`mode` says encrypted, but the given ClientConfig (an RFC 8913 chain) is what goes on the wire."""
+    host, port = split_hostport(address)
+    client = ClientConfig(
+        mode_preference=chain, key_id=b"alice", key_source=KeyChain.from_pfs_file(str(keys))
+    )
+    plan = SessionPlan(count=3, interval=0.01, wait=1.0)
+    return MeasurementConfig(host=host, port=port, mode=SecurityMode.ENCRYPTED, client=client, plan=plan)
+
+
+def test_a_given_client_config_replaces_the_derived_one(reflector_factory: Any, pfs_keys: Path) -> None:
+    reflector = reflector_factory("--modes", "unauthenticated,authenticated", "--keys", str(pfs_keys))
+    config = _chain_config(reflector.address, pfs_keys, (Modes.ENCRYPTED, Modes.AUTHENTICATED))
+    records = asyncio.run(measure(config))
+    assert [r.sent for r in records] == [3] and len(records[0].replies) == 3
+    assert reflector.final_stats()["modes"] == {"authenticated": 1}
+
+
+def test_a_given_chain_nothing_of_which_is_offered_names_the_chain(
+    reflector_factory: Any, pfs_keys: Path
+) -> None:
+    reflector = reflector_factory("--modes", "unauthenticated,authenticated", "--keys", str(pfs_keys))
+    config = _chain_config(reflector.address, pfs_keys, (Modes.ENCRYPTED, Modes.MIXED))
+    with pytest.raises(ControlClientError) as failure:
+        asyncio.run(measure(config))
+    assert failure.value.reason is ControlFailure.NO_COMMON_MODE
+    assert "server does not offer any mode of the chain 4, 8" in str(failure.value)
+    assert reflector.final_stats()["bad_input"] == {"client-declined": 1}

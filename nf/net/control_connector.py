@@ -85,6 +85,10 @@ class SessionPlan:
 
 @dataclass(frozen=True, slots=True)
 class MeasurementConfig:
+    """One measurement run. `client`, when given, is the complete ClientConfig (e.g. an RFC 8913 mode chain
+    with RFC 7717 keys from nf.binding.client_config) and takes the place of mode/key_id/keys/individual/
+    max_count_exponent and the features derived from `plan`; `mode` then only names the run in messages."""
+
     host: str
     port: int
     mode: SecurityMode
@@ -95,8 +99,11 @@ class MeasurementConfig:
     plan: SessionPlan = SessionPlan()
     timeout: float = 10.0  # seconds to wait for connect and for each control reply
     max_count_exponent: int = 20
+    client: ClientConfig | None = None
 
     def client_config(self) -> ClientConfig:
+        if self.client is not None:
+            return self.client
         features = Modes(0)
         if self.individual:
             features |= Modes.INDIVIDUAL_SESSION_CONTROL
@@ -114,16 +121,28 @@ class MeasurementConfig:
         )
 
 
+def _modes_text(config: MeasurementConfig) -> str:
+    if config.client is None:
+        return f"mode {config.mode.value}"
+    return "any mode of the chain " + ", ".join(str(int(m)) for m in config.client.mode_preference)
+
+
+def _key_text(config: MeasurementConfig) -> str:
+    if config.client is None:
+        return f"unknown key-id {config.key_id!r}"
+    return "unknown Key ID"
+
+
 def describe_failure(event: ConnectionFailed, config: MeasurementConfig) -> str:
     """Turns a ConnectionFailed into the sentence an operator needs."""
     reason, accept = event.reason, event.accept
     if reason is ControlFailure.SERVER_REFUSED and event.detail == "server offers no modes":
         return "server refused the connection: it offers no modes (connection limit reached or not allowed)"
     if reason is ControlFailure.SERVER_REFUSED and accept is Accept.NOT_SUPPORTED:
-        return f"server does not support mode {config.mode.value}: Server-Start {accept_text(accept)}"
+        return f"server does not support {_modes_text(config)}: Server-Start {accept_text(accept)}"
     if reason is ControlFailure.SERVER_REFUSED and accept is Accept.FAILURE:
         return (
-            f"server rejected the authentication (wrong key or unknown key-id {config.key_id!r}): "
+            f"server rejected the authentication (wrong key or {_key_text(config)}): "
             f"Server-Start {accept_text(accept)}"
         )
     if reason is ControlFailure.SERVER_REFUSED:
@@ -131,7 +150,7 @@ def describe_failure(event: ConnectionFailed, config: MeasurementConfig) -> str:
     if reason is ControlFailure.UNKNOWN_SA:
         return f"server knows no IKEv2 SA for our Key ID: Server-Start {accept_text(accept)}"
     if reason is ControlFailure.NO_COMMON_MODE:
-        return f"server does not offer mode {config.mode.value} ({event.detail})"
+        return f"server does not offer {_modes_text(config)} ({event.detail})"
     if reason is ControlFailure.COUNT_TOO_LARGE:
         return f"server asks for too many PBKDF2 iterations ({event.detail}); see --max-count-exponent"
     if reason is ControlFailure.BAD_HMAC:
