@@ -44,6 +44,7 @@ from nf.twamp.control_messages import (
     NSessionsMessage,
     RequestTwSession,
     ServerGreeting,
+    ServerStart,
     SetupResponse,
     StartSessions,
     StopSessions,
@@ -362,6 +363,21 @@ def test_server_offering_nothing_refuses() -> None:
     server, client = pair.take()
     assert [e.reason for e in server] == [ControlFailure.SERVER_REFUSED]
     assert [e.reason for e in client] == [ControlFailure.SERVER_REFUSED]
+
+
+def test_undefined_accept_in_server_start_is_a_refusal_with_failure() -> None:
+    """RFC 4656 s3.3: an Accept value the client does not know reads as 1, so the setup fails as refused."""
+    config = client_config(Modes.UNAUTHENTICATED)
+    client = ControlClient(config, rng=os.urandom, local_address="127.0.0.1", peer_address="127.0.0.1")
+    client.receive_data(ServerGreeting(modes=1, challenge=bytes(16), salt=bytes(16), count=1024).encode())
+    assert SetupResponse.decode(client.data_to_send()).mode == Modes.UNAUTHENTICATED
+    start = bytearray(ServerStart(Accept.OK, bytes(16), 0).encode())
+    start[15] = 7
+    client.receive_data(bytes(start))
+    event = client.next_event()
+    assert isinstance(event, ConnectionFailed)
+    assert (event.reason, event.accept) == (ControlFailure.SERVER_REFUSED, Accept.FAILURE)
+    assert client.state is ConnectionState.CLOSED
 
 
 def raw_server(**kw: Any) -> ControlServer:

@@ -26,7 +26,8 @@ class ControlFailure(enum.Enum):
     UNEXPECTED_MESSAGE = "unexpected-message"  # a valid command in the wrong state
     BAD_IPVN = "bad-ipvn"  # IPVN neither 4 nor 6
     BAD_FIELD = "bad-field"  # a field outside its TWAMP range (Conf-Sender, slots, packets, Count, ...)
-    BAD_ACCEPT = "bad-accept"  # an Accept value no RFC defines
+    # Never raised since undefined Accept values read as 1 (RFC 4656 s3.3); kept so counter names stay stable.
+    BAD_ACCEPT = "bad-accept"
     # Setup and negotiation.
     NO_COMMON_MODE = "no-common-mode"  # client: nothing in its preference chain is offered
     CLIENT_DECLINED = "client-declined"  # server: Set-Up-Response Mode 0

@@ -90,11 +90,13 @@ class _Layout:
         return values
 
 
-def _accept(value: int, message: str) -> Accept:
+def _accept(value: int) -> Accept:
+    """RFC 4656 s3.3: a receiver MUST read every Accept value it does not know as 1 (Failure), so that new
+    values can be defined later; an undefined value is therefore a refusal, not a malformed message."""
     try:
         return Accept(value)
     except ValueError:
-        raise MalformedMessage(ControlFailure.BAD_ACCEPT, f"{message}: Accept {value} is undefined") from None
+        return Accept.FAILURE
 
 
 def _check_len(value: bytes, size: int, name: str) -> None:
@@ -211,7 +213,7 @@ class ServerStart:
     @classmethod
     def decode(cls, data: bytes, *, strict_mbz: bool = True) -> Self:
         values = cls.LAYOUT.unpack(data, "Server-Start", strict_mbz)
-        values["accept"] = _accept(values["accept"], "Server-Start")
+        values["accept"] = _accept(values["accept"])
         return cls(**values)
 
 
@@ -371,7 +373,7 @@ class AcceptSession:
     @classmethod
     def decode(cls, data: bytes, *, strict_mbz: bool = True) -> Self:
         values = cls.LAYOUT.unpack(data, "Accept-Session", strict_mbz)
-        values["accept"] = _accept(values["accept"], "Accept-Session")
+        values["accept"] = _accept(values["accept"])
         return cls(**values)
 
 
@@ -408,7 +410,7 @@ class StartAck:
     @classmethod
     def decode(cls, data: bytes, *, strict_mbz: bool = True) -> Self:
         values = cls.LAYOUT.unpack(data, "Start-Ack", strict_mbz)
-        values["accept"] = _accept(values["accept"], "Start-Ack")
+        values["accept"] = _accept(values["accept"])
         return cls(**values)
 
 
@@ -442,7 +444,7 @@ class StopSessions:
         values = cls.LAYOUT.unpack(data, "Stop-Sessions", strict_mbz)
         if values.pop("command") != Command.STOP_SESSIONS:
             raise MalformedMessage(ControlFailure.UNKNOWN_COMMAND, "Stop-Sessions: wrong Command Number")
-        values["accept"] = _accept(values["accept"], "Stop-Sessions")
+        values["accept"] = _accept(values["accept"])
         return cls(**values)
 
 
@@ -518,7 +520,7 @@ class NSessionsMessage:
                 raise MalformedMessage(ControlFailure.NONZERO_MBZ, "RFC 5938 request: octet 1 is not zero")
             accept = Accept.OK
         else:
-            accept = _accept(header["accept"], "RFC 5938 ack")
+            accept = _accept(header["accept"])
         body = data[_N_HEADER.size : -BLOCK]
         sids = tuple(body[i : i + BLOCK] for i in range(0, len(body), BLOCK))
         return cls(command=command, sids=sids, accept=accept, hmac=data[-BLOCK:])
