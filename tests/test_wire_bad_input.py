@@ -281,3 +281,35 @@ def test_a_flood_of_bad_input_is_counted_in_full_but_logged_rate_limited(open_re
     assert open_reflector.final_stats()["bad_input"] == {"nonzero-mbz": 25}
     logged = [line for line in open_reflector.err.lines if "nonzero-mbz" in line]
     assert 1 <= len(logged) <= 3, logged
+
+
+def test_control_message_with_bad_hmac_is_counted(reflector_factory: Any, pfs_keys: Path) -> None:
+    """A wrong HMAC after a good setup (key mismatch mid-stream, or altered octets) ends that connection."""
+    reflector: Reflector = reflector_factory("--keys", str(pfs_keys))
+    host, port = split_hostport(reflector.address)
+    keys = KeyChain.from_pfs_file(str(pfs_keys))
+    config = MeasurementConfig(host=host, port=port, mode=SecurityMode.ENCRYPTED, key_id="alice", keys=keys)
+
+    async def scenario() -> bytes:
+        control = ControlConnection(config, os.urandom)
+        await control.connect()
+        try:
+            assert control.machine is not None and control.writer is not None and control.reader is not None
+            await control.expect((SetupCompleted,), "setup")
+            control.machine.request_session(
+                SessionRequest(sender_port=40000, reflector_port=0, start_time=time.time(), timeout=1.0)
+            )
+            wire = bytearray(control.machine.data_to_send())
+            assert len(wire) == 112
+            wire[-1] ^= 0x01  # the last octet of the (encrypted) HMAC block
+            control.writer.write(bytes(wire))
+            await control.writer.drain()
+            return await asyncio.wait_for(control.reader.read(4096), WAIT)
+        finally:
+            await control.close()
+
+    assert asyncio.run(scenario()) == b""  # closed with no reply
+    stats = reflector.final_stats()
+    assert stats["bad_input"] == {"bad-hmac": 1}
+    assert stats["modes"] == {"encrypted": 1}
+    assert stats["sessions"].get("requested", 0) == 0
