@@ -295,3 +295,13 @@ def test_bad_secret_value_is_not_quoted_even_in_part(schema: Schema, value: str)
 def test_config_of_only_empty_containers_is_empty(schema: Schema) -> None:
     # found by fuzz_netconf_edit: libyang prints nothing (None) for an empty non-presence container
     assert schema.check_config(list(_data(f'<twamp xmlns="{TW}"/>')), full=True) == ([], "{}")
+
+
+def test_fuzz_regressions_replay() -> None:
+    from tests.fuzz.fuzz_netconf_edit import fuzz_one
+
+    corpus = Path(__file__).resolve().parent / "fuzz" / "corpus" / "fuzz_netconf_edit"
+    found = sorted(corpus.glob("regress-*"))
+    assert found
+    for case in found:
+        fuzz_one(case.read_bytes())  # libyang quoting a cut UTF-8 character: an RpcError, nothing else

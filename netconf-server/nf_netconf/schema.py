@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import libyang
+import libyang.log
 from libyang.util import c2str
 from lxml import etree
 
@@ -76,10 +77,13 @@ class Schema:
 
     def __init__(self, search_dirs: Iterable[str], modules: Iterable[str] = DEFAULT_MODULES) -> None:
         libyang.configure_logging(True, logging.ERROR)
-        # libyang's own log lines can quote rejected values (a secret among them): never let them out.
+        # Errors are stored with their data path for our messages; libyang's log callback is switched off:
+        # its lines quote rejected values (a secret among them), and it cannot decode a value that libyang
+        # cut inside a multi-octet character.
+        ly_lib: Any = getattr(libyang.log, "lib")  # noqa: B009 (the CFFI library is untyped)
+        ly_lib.ly_log_options(ly_lib.LY_LOSTORE)
         ly_log = logging.getLogger("libyang")
         ly_log.propagate = False
-        ly_log.handlers[:] = [logging.NullHandler()]
         self._lock = threading.Lock()
         self._ctx = libyang.Context(":".join(search_dirs))
         self.modules = tuple(modules)
@@ -196,6 +200,10 @@ class Schema:
                 )
             except libyang.LibyangError as exc:
                 raise self._rpc_error(str(exc), secrets) from None
+            except UnicodeDecodeError:  # libyang cut a multi-octet character when quoting the bad input
+                raise RpcError(
+                    "invalid-value", "invalid value (not shown)", reason=Reason.INVALID_VALUE
+                ) from None
             if dnode is None:
                 return [], "{}"
             try:
@@ -213,7 +221,7 @@ class Schema:
         with self._lock:
             try:
                 dnode = self._ctx.parse_data_mem(json.dumps(state), "json", strict=True, parse_only=True)
-            except libyang.LibyangError as exc:
+            except (libyang.LibyangError, UnicodeDecodeError) as exc:
                 raise RpcError(
                     "operation-failed",
                     "the runtime's state does not match the YANG modules: " + _first_message(str(exc)),
@@ -234,7 +242,7 @@ class Schema:
                 dnode = self._ctx.parse_op_mem(
                     "json", json.dumps({name: data}), dtype=libyang.DataType.NOTIF_YANG
                 )
-            except libyang.LibyangError as exc:
+            except (libyang.LibyangError, UnicodeDecodeError) as exc:
                 raise ValueError(
                     f"event {name!r} does not match the YANG modules: " + _first_message(str(exc))
                 ) from None
