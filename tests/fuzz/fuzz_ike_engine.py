@@ -5,7 +5,8 @@ so this target catches nothing: any exception is a finding. The first input octe
 raw datagrams at a fresh responder (IKE_SA_INIT parsing, cookies, proposal selection), datagrams under an
 established SA's header (SPI lookup, message-ID window, ICV), or arbitrary inner payload chains that the
 fuzzer gets properly encrypted and authenticated with the SA's keymat, so exchange handlers (IKE_AUTH,
-INFORMATIONAL, CREATE_CHILD_SA/rekey) see every shape of payloads after decryption.
+INFORMATIONAL, CREATE_CHILD_SA/rekey) see every shape of payloads after decryption, also while the
+responder's own rekey is in flight (collision handling).
 """
 
 from __future__ import annotations
@@ -57,7 +58,16 @@ class _Pair:
     @property
     def alive(self) -> bool:
         peer = self.b.lookup(*self.sa.spis)
-        return self.sa.state == SAState.ESTABLISHED and peer is not None and peer.state == SAState.ESTABLISHED
+        established = self.sa.state == SAState.ESTABLISHED and peer is not None
+        return established and peer.state == SAState.ESTABLISHED and len(self.b.registry) < 20
+
+    def adopt_successor(self) -> None:
+        """After a rekey, carry on with the new SA instead of paying for a fresh pair."""
+        for candidate in self.a.registry:
+            peer = self.b.lookup(*candidate.spis)
+            if peer is not None and candidate.state == peer.state == SAState.ESTABLISHED:
+                self.sa = candidate
+                return
 
 
 _pair = _Pair()
@@ -87,6 +97,7 @@ def fuzz_one(data: bytes) -> None:
     if not data:
         return
     mode, rest = data[0] % 3, data[1:]
+    collide = data[0] >= 0xF0  # rarely: each collision costs a fresh SA pair afterwards
     if mode == 0:
         responder = IKEEngine(B, os.urandom, 0.0, peers=[_config("b.test", "%any")])
         responder.receive_datagram(rest, A, 0.0)
@@ -103,9 +114,14 @@ def fuzz_one(data: bytes) -> None:
         pair.b.receive_datagram(datagram, A, 0.0)
         pair.b.datagrams_to_send()
         return
-    # mode 2: an authenticated request whose inner payload chain is the fuzzer's
+    # mode 2: an authenticated request whose inner payload chain is the fuzzer's; with `collide`, the same
+    # while the responder's own IKE SA rekey is in flight (RFC 7296 s2.8.2), then both talk it out
     if len(rest) < 2:
         return
+    if collide:
+        peer = pair.b.lookup(*sa.spis)
+        if peer is not None and not peer.busy:
+            pair.b.rekey(peer, 0.0)
     exchange = EXCHANGES[rest[0] % 4]
     inner_first, inner = rest[1], rest[2:]
     keymat = sa.keymat_or_fail()
@@ -119,4 +135,7 @@ def fuzz_one(data: bytes) -> None:
     pair.b.receive_datagram(bytes(4) + aad + keymat.protect(aad, inner), A, 0.0)
     for datagram, _ in pair.b.datagrams_to_send():  # our initiator must survive whatever it answered
         pair.a.receive_datagram(datagram, B, 0.0)
+    if collide:
+        _pump(pair.a, pair.b)
+        pair.adopt_successor()
     pair.a.datagrams_to_send()
