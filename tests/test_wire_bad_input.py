@@ -161,6 +161,8 @@ def test_bad_command_is_counted_and_closes_only_that_connection(
     bystander.close()
     result = run_cli(["ping", open_reflector.address, "--count", "3", "--interval", "0.01"])
     assert result.returncode == 0, result.stderr
+    open_reflector.final_stats()
+    assert [line for line in open_reflector.err.lines if f": {reason}: " in line], open_reflector.err.text
 
 
 @pytest.mark.parametrize(
@@ -175,6 +177,7 @@ def test_unsupported_or_unoffered_mode(open_reflector: Reflector, mode: Modes, r
     assert client.closed_by_server()
     client.close()
     assert open_reflector.final_stats()["bad_input"] == {reason: 1}
+    assert [line for line in open_reflector.err.lines if f": {reason}: " in line], open_reflector.err.text
 
 
 def test_short_then_closed_setup_response(open_reflector: Reflector) -> None:
@@ -269,6 +272,8 @@ def test_bad_test_packets_are_dropped_and_counted(reflector_factory: Any, pfs_ke
         sender.close()
         stranger.close()
     assert reflector.final_stats()["reflector"]["reflected"] == 1
+    dropped = [line for line in reflector.err.lines if "dropped packet from" in line]
+    assert len(dropped) == 3, reflector.err.text  # one line per reason (each has its own rate limit)
 
 
 def test_a_flood_of_bad_input_is_counted_in_full_but_logged_rate_limited(open_reflector: Reflector) -> None:
