@@ -58,8 +58,9 @@ class _Pair:
     @property
     def alive(self) -> bool:
         peer = self.b.lookup(*self.sa.spis)
-        established = self.sa.state == SAState.ESTABLISHED and peer is not None
-        return established and peer.state == SAState.ESTABLISHED and len(self.b.registry) < 20
+        if peer is None or len(self.b.registry) >= 20:  # superseded SAs never expire at time 0: start over
+            return False
+        return self.sa.state == peer.state == SAState.ESTABLISHED
 
     def adopt_successor(self) -> None:
         """After a rekey, carry on with the new SA instead of paying for a fresh pair."""
