@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -379,3 +380,82 @@ def test_housekeeping_runs_under_a_flood_of_foreign_packets() -> None:
                 time.sleep(0.005)
         assert ended and ended[0].end_reason is EndReason.REFWAIT
         assert reflector.totals().dropped[DropReason.UNKNOWN_SENDER] > 0
+
+
+def test_totals_keep_every_reflected_packet_after_close() -> None:
+    """Sessions ended but not yet forgotten (removed, stopped) and live ones all stay in totals() after close.
+
+    The count is taken before the reply leaves, so it is complete as soon as the sender has its replies.
+    """
+    reflector = Reflector(ReflectorConfig(poll_interval=0.05, linger=600.0))
+    try:
+        with SessionSender("127.0.0.1") as sender, SessionSender("::1") as sender6:
+            removed = _params(sender, reflector.reserve_port("127.0.0.1"))
+            stopped = _params(sender6, reflector.reserve_port("::1"), timeout=600.0)
+            live = _params(sender, reflector.reserve_port("127.0.0.1"), SecurityMode.AUTHENTICATED)
+            received = 0
+            for params, sending in ((removed, sender), (stopped, sender6), (live, sender)):
+                reflector.add_session(params)
+                reflector.start_session(params.sid)
+                result = sending.run(params, count=7, interval=0.0, reply_timeout=WAIT)
+                assert result.received == 7
+                received += result.received
+            assert reflector.totals().reflected == received
+            reflector.remove_session(removed.sid)
+            reflector.stop_session(stopped.sid)
+            assert _counters(reflector, removed.sid).state is SessionState.ENDED
+    finally:
+        reflector.close()
+    totals = reflector.totals()
+    assert (totals.reflected, totals.ports, totals.sessions) == (21, 0, 0)
+    assert [_counters(reflector, p.sid).reflected for p in (removed, stopped, live)] == [7, 7, 7]
+    assert reflector.totals().reflected == 21  # folded once, not again
+
+
+def test_close_during_a_flood_counts_exactly_the_replies_sent() -> None:
+    """close() while packets are in flight: totals() afterwards equals the replies that actually left.
+
+    This is the integration engineer's report: a count still being made when close() took its snapshot was
+    lost. Every reply counted must have been sent, and every one sent counted.
+    """
+    codec = TestPacketCodec(SecurityMode.UNAUTHENTICATED, None)
+    for _ in range(5):
+        with (
+            Reflector(ReflectorConfig(poll_interval=0.05)) as reflector,
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as flood,
+        ):
+            flood.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 * 1024 * 1024)
+            flood.bind(("127.0.0.1", 0))
+            port = reflector.reserve_port("127.0.0.1")
+            params = TestSessionParams(
+                os.urandom(16),
+                SecurityMode.UNAUTHENTICATED,
+                "127.0.0.1",
+                flood.getsockname()[1],
+                "127.0.0.1",
+                port,
+                0,
+                time.time(),
+                1.0,
+                0,
+                0,
+                b"\0\0",
+                False,
+                None,
+            )
+            reflector.add_session(params)
+            reflector.start_session(params.sid)
+            packet = codec.encode_sender(SenderPacket(0, ntp_from_unix(time.time()), 0))
+            flood.connect(("127.0.0.1", port))
+            flood.settimeout(WAIT)
+            for _ in range(200):
+                flood.send(packet)
+            flood.recv(2048)  # the reflector is at work
+            received = 1
+            reflector.close()
+            flood.settimeout(0.5)
+            with contextlib.suppress(TimeoutError, ConnectionRefusedError):
+                while True:
+                    flood.recv(2048)
+                    received += 1
+        assert reflector.totals().reflected == received

@@ -295,15 +295,16 @@ class _Port:
                     log.exception("twamp reflector port %d: reflecting failed", self.port)
                 continue
             dscp = session.params.dscp
+            # Counted before the send: a sender that has its reply then always finds it in totals().
+            session.reflected += 1
             try:
                 if dscp != self.dscp:
                     set_dscp(sock, dscp)
                     self.dscp = dscp
                 sendto(reply, addr)
             except OSError as exc:
+                session.reflected -= 1
                 self.drop(session, DropReason.SEND_FAILED, str(exc), addr)
-                continue
-            session.reflected += 1
         self._shutdown()
 
     def _housekeeping(self) -> float:
@@ -366,6 +367,7 @@ class Reflector:
         self._released_reflected = 0
         self._released_internal = 0
         self._released_dropped = dict.fromkeys(DropReason, 0)
+        self._retired: list[_Port] = []  # released ports whose threads may still be running
         self._range_cursor = 0
         self._closed = False
 
@@ -437,11 +439,24 @@ class Reflector:
                 return
             del self._ports[(entry.address, entry.port)]
             self._used_ports.discard(entry)
+            entry.closing = True
+            # Its thread may still be finishing a packet (or ending and forgetting sessions): the port's
+            # counts are folded into the totals only once that thread has stopped.
+            self._retired.append(entry)
+
+    def _fold_retired(self) -> list[_Port]:
+        """Folds the counts of retired ports whose threads have stopped; returns those still running."""
+        running = []
+        for entry in self._retired:
+            if entry.thread.is_alive():
+                running.append(entry)
+                continue
             self._released_reflected += entry.reflected_total()
             self._released_internal += entry.internal_errors
             for reason, count in entry.dropped.items():
                 self._released_dropped[reason] += count
-            entry.closing = True
+        self._retired = running
+        return running
 
     def port_was_used(self, entry: _Port) -> bool:
         return entry in self._used_ports
@@ -560,10 +575,11 @@ class Reflector:
 
     def totals(self) -> ReflectorTotals:
         with self._lock:
+            retired = self._fold_retired()
             reflected = self._released_reflected
             dropped = dict(self._released_dropped)
             ports = list(self._ports.values())
-            for entry in ports:
+            for entry in (*ports, *retired):
                 reflected += entry.reflected_total()
                 for reason, count in entry.dropped.items():
                     dropped[reason] += count
@@ -574,7 +590,7 @@ class Reflector:
                 active,
                 len(ports),
                 all(e.kernel_timestamps for e in ports),
-                self._released_internal + sum(e.internal_errors for e in ports),
+                self._released_internal + sum(e.internal_errors for e in (*ports, *retired)),
             )
 
     def close(self) -> None:
