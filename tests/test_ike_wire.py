@@ -329,3 +329,39 @@ def test_close_fails_pending_calls_with_a_clear_error() -> None:
             silent.close()
 
     run(scenario())
+
+
+def test_both_endpoints_rekey_at_once_and_agree_on_one_sa() -> None:
+    """Both adapters send their CREATE_CHILD_SA before either hears the other's (same loop tick), so both
+    see the collision (RFC 7296 s2.8.2): each rekey() call returns the same surviving SA, and the old and
+    the redundant SA are gone on both sides."""
+
+    async def scenario() -> None:
+        cfg = psk_config("left.test", "right.test")
+        left = await open_ike_endpoint(("127.0.0.1", 0), peers=[cfg])
+        right = await open_ike_endpoint(("127.0.0.1", 0), peers=[psk_config("right.test", "left.test")])
+        try:
+            event = await left.initiate(right.local, cfg)
+            assert isinstance(event, Established)
+            ours, theirs = left.lookup(*event.spis), right.lookup(*event.spis)
+            assert ours is not None and theirs is not None
+            left_result, right_result = await asyncio.gather(left.rekey(ours), right.rekey(theirs))
+            assert isinstance(left_result, Rekeyed) and left_result == right_result
+            new = left_result.new_spis
+            assert left.engine is not None and right.engine is not None
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 60
+            while len(left.engine.registry) + len(right.engine.registry) > 2:  # the Deletes still run
+                assert loop.time() < deadline, (left.engine.registry, right.engine.registry)
+                await asyncio.sleep(0.01)
+            survivors = [sa.spis for sa in left.engine.registry], [sa.spis for sa in right.engine.registry]
+            assert survivors == ([new], [new])
+            after_left, after_right = left.lookup(*new), right.lookup(*new)
+            assert after_left is not None and after_right is not None
+            assert after_left.ippm_secret() == after_right.ippm_secret()
+            assert not left.counters.snapshot() and not right.counters.snapshot()
+        finally:
+            left.close()
+            right.close()
+
+    run(scenario())
