@@ -51,11 +51,21 @@ def shared_reflector(tmp_path_factory: pytest.TempPathFactory, keys_file: Path) 
         reflector.stop()
 
 
-def ping(target: str, *args: str) -> dict[str, Any]:
-    result = run_cli(["ping", target, "--json", "--count", str(COUNT), "--interval", "0.005", *args])
+MODE_BITS = {"unauthenticated": 1, "authenticated": 2, "encrypted": 4, "mixed": 8}
+FEATURE_BITS = {"plain": 0, "reflect-octets": 32, "symmetric": 64}
+
+
+def ping_logged(target: str, *args: str) -> tuple[dict[str, Any], str]:
+    """The JSON report and the -v log (which names the negotiated Mode word and each session)."""
+    argv = ["ping", target, "--json", "--count", str(COUNT), "--interval", "0.005", *args]
+    result = run_cli(argv)
     assert result.returncode == 0, result.stderr
     report: dict[str, Any] = json.loads(result.stdout)
-    return report
+    return report, result.stderr
+
+
+def ping(target: str, *args: str) -> dict[str, Any]:
+    return ping_logged(target, *args)[0]
 
 
 @pytest.mark.parametrize("feature", list(FEATURES))
@@ -64,7 +74,7 @@ def test_ping_each_mode_and_feature(
     shared_reflector: Reflector, keys_file: Path, mode: str, feature: str
 ) -> None:
     before = shared_reflector.stats()
-    report = ping(
+    report, log = ping_logged(
         shared_reflector.address,
         "--mode",
         mode,
@@ -72,10 +82,16 @@ def test_ping_each_mode_and_feature(
         "alice",
         "--keys",
         str(keys_file),
+        "-v",
         *FEATURES[feature],
     )
     after = shared_reflector.stats()
     assert report["mode"] == mode
+    assert f": mode {MODE_BITS[mode] | FEATURE_BITS[feature]:#x} ({mode})" in log, log
+    if feature == "reflect-octets":
+        assert "padding 32, reflect octets 4\n" in log, log  # granted in Accept-Session
+    if feature == "symmetric":
+        assert "padding 16, reflect octets 0, symmetrical size" in log, log
     assert report["sent"] == COUNT
     assert report["received"] + report["lost"] == COUNT
     assert report["received"] >= COUNT - 2  # loopback; tolerate a rare drop on a loaded machine

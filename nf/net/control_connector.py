@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -33,6 +34,8 @@ from nf.twamp.keysource import KeySource
 from nf.twamp.modes import Accept, Modes, SecurityMode
 from nf.twamp.results import Reply, SessionRecords
 from nf.twamp.test_session import TestSessionParams
+
+log = logging.getLogger(__name__)
 
 READ_SIZE = 65536
 
@@ -276,6 +279,15 @@ async def _measure(
     assert machine is not None
     setup = await control.expect((SetupCompleted,), "the Server Greeting and Server-Start")
     assert isinstance(setup, SetupCompleted)
+    log.info(
+        "control connection %s -> %s port %d: mode %#x (%s), Key ID %s",
+        control.local,
+        config.host,
+        config.port,
+        int(setup.mode),
+        setup.security.value,
+        _key_id_text(setup.key_id),
+    )
     _check_features(setup.mode, config)
     sessions: list[tuple[SessionSender, TestSessionParams]] = []
     for _ in range(config.sessions):
@@ -289,6 +301,7 @@ async def _measure(
             )
         assert isinstance(event, SessionAccepted)
         sessions.append((sender, event.params))
+        _log_session(event.params)
     if config.individual:
         results = await _run_individually(control, machine, sessions, config.plan)
     else:
@@ -299,11 +312,38 @@ async def _measure(
             raise ControlClientError(
                 f"server did not start the sessions: Start-Ack {accept_text(ack.accept)}"
             )
+        log.info("Start-Sessions acknowledged for %d sessions", len(sessions))
         results = await asyncio.gather(*(_run_sender(s, p, config.plan) for s, p in sessions))
         control.check_open("the test")
         machine.stop_sessions(Accept.OK)
+        log.info("Stop-Sessions sent for %d sessions", len(sessions))
         await control.flush()
     return [records_of(result) for result in results]
+
+
+def _key_id_text(key_id: bytes) -> str:
+    """A Key ID is an identity, not a secret; RFC 7717 ones (SPIi|SPIr) are binary, so show those in hex."""
+    if not key_id:
+        return "none"
+    try:
+        text = key_id.decode("ascii")
+    except UnicodeDecodeError:
+        return key_id.hex()
+    return repr(text) if text.isprintable() else key_id.hex()
+
+
+def _log_session(params: TestSessionParams) -> None:
+    log.info(
+        "session %s accepted: %s port %d -> reflector %s port %d, padding %d, reflect octets %d%s",
+        params.sid.hex(),
+        params.sender_address,
+        params.sender_port,
+        params.reflector_address,
+        params.reflector_port,
+        params.padding_length,
+        params.reflect_octets,
+        ", symmetrical size" if params.symmetric else "",
+    )
 
 
 def _check_features(mode: Modes, config: MeasurementConfig) -> None:
@@ -346,6 +386,7 @@ async def _run_individually(
         assert isinstance(ack, StartNAcked)
         if ack.accept is not Accept.OK:
             raise ControlClientError(f"server did not start session: Start-N-Ack {accept_text(ack.accept)}")
+        log.info("session %s started (Start-N-Ack)", params.sid.hex())
         running[params.sid] = asyncio.create_task(_run_sender(sender, params, plan))
     results: dict[bytes, SenderResult] = {}
     pending = set(running.values())
@@ -362,6 +403,7 @@ async def _run_individually(
                 raise ControlClientError(
                     f"server did not stop session: Stop-N-Ack {accept_text(stop.accept)}"
                 )
+            log.info("session %s stopped (Stop-N-Ack)", result.sid.hex())
     return [results[params.sid] for _, params in sessions]
 
 
