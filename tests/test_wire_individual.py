@@ -108,6 +108,11 @@ def test_start_and_stop_individual_sessions_among_three(reflector_factory: Any) 
             b.send()
             assert b.reflected() == 1
 
+            await start_n(control, [sid[2]])  # c already runs: starting it again changes nothing
+            control.machine.start_n([sid[0]])  # a was stopped: it cannot be restarted
+            refused = await control.expect((StartNAcked,), "Start-N-Ack")
+            assert isinstance(refused, StartNAcked) and refused.accept is Accept.FAILURE
+
             await stop_n(control, [sid[1], sid[2]])
         finally:
             await control.close()
@@ -118,7 +123,13 @@ def test_start_and_stop_individual_sessions_among_three(reflector_factory: Any) 
         for endpoint in endpoints:
             endpoint.sock.close()
     stats = reflector.final_stats()
-    assert stats["sessions"] == {"requested": 3, "accepted": 3, "started": 3, "stopped": 3}
+    assert stats["sessions"] == {
+        "requested": 3,
+        "accepted": 3,
+        "started": 3,
+        "start_failed": 1,
+        "stopped": 3,
+    }
     assert stats["reflector"]["reflected"] == 4
     assert stats["bad_input"] == {}
 

@@ -300,11 +300,19 @@ class _Connection:
         owner.counters.sessions["accepted"] += 1
 
     def _start(self, sids: tuple[bytes, ...]) -> Accept:
-        """Starts the sessions; one already ended (REFWAIT before Start-Sessions) makes the answer Failure."""
+        """Starts the sessions; one that cannot start makes the answer Failure: it ended (REFWAIT before
+        Start-Sessions) or was stopped by Stop-N-Sessions (it only reflects until its Timeout, so it cannot be
+        restarted; answering OK would promise reflections that never come). Starting a running one is OK."""
         accept = Accept.OK
+        reflector = self.owner.reflector
         for sid in sids:
+            counters = reflector.counters(sid)
+            if counters is not None and counters.state is SessionState.STARTED:
+                continue
             try:
-                self.owner.reflector.start_session(sid)
+                if counters is None or counters.state is not SessionState.ADDED:
+                    raise KeyError(sid)
+                reflector.start_session(sid)
                 self.owner.counters.sessions["started"] += 1
             except KeyError:
                 self.owner.counters.sessions["start_failed"] += 1
