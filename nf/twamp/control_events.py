@@ -137,7 +137,7 @@ class SessionRequested:
     timeout: float  # seconds
     dscp: int
     octets_to_reflect: int  # RFC 6038, 0 unless Reflect Octets was negotiated
-    padding_to_reflect: int  # RFC 6038 "Length of padding to reflect"
+    padding_to_reflect: int  # RFC 6038 "Length of padding to reflect" (informational; see control_server)
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,8 +18,27 @@ Challenge, Salt, Server-IV and SID, `now` for the SID timestamp, `start_time` fo
 
 Failures: a mode not offered or not exactly one security mode -> Server-Start Accept=3; an unknown Key ID ->
 Accept=1; IKEv2-derived mode (bit 7) and no IKE SA for SPIi|SPIr -> Accept=6 (RFC 7717 s5.3); a Token without
-our Challenge -> Accept=1; all then close. A bad HMAC, a malformed message or a command out of turn closes
-the connection with no reply. Every one is a ControlFailure reason.
+our Challenge -> Accept=1; a failing KeySource -> Accept=2; all then close. A bad HMAC, a malformed message or
+a command out of turn closes the connection with no reply. Every one is a ControlFailure reason.
+
+Where the RFC text could not be read and these are our reading, checked against other implementations:
+- Accept for a refused Mode: 3 ("some aspect of request is not supported"). perfSONAR owamp (sapi.c
+  OWPControlAccept) answers 1 for a mode it did not offer and closes without Server-Start when the Mode is
+  not exactly one security mode; RFC 4656 s3.3 lets a sender use 1 for every refusal and makes the receiver
+  read values it does not know as 1, so any non-zero value is a refusal to every client. Unknown Key ID and a
+  wrong Token -> 1, and a failing key store -> 2, are what owamp sends too.
+- SERVWAIT (RFC 5357 s3.1: the server MAY close a control connection with no packet "associated with that
+  connection" for SERVWAIT seconds): `awaiting_client` is true in TESTING too; the listener counts a test
+  session of the connection that is still alive as such activity and lets REFWAIT govern it.
+- RFC 5938: Start-N/Stop-N naming an unknown, repeated or no SID is answered with the matching -Ack carrying
+  Accept=1 and the connection stays up; Stop-Sessions still stops every session of the connection. Whether a
+  session stopped by Stop-N may be started again is left to the adapter (the listener refuses, Accept=1).
+- RFC 6038: Octets to be reflected is granted as asked (Reflected Octets = the request's value) and
+  Server Octets is the adapter's choice. "Length of padding to reflect" is parsed, refused as non-zero MBZ
+  without Reflect Octets, and passed on in SessionRequested; the reflector does not act on it (its replies
+  follow the received packet's length), since its meaning could not be confirmed.
+- Stop-Sessions whose Number of Sessions differs from the sessions of the connection fails the connection,
+  as owamp's twampd does (protocol.c _OWPReadStopSessions); some other reflectors ignore the field.
 """
 
 from __future__ import annotations
