@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+import pytest
 from ncclient import manager
 
+from nf_netconf.server import NetconfApp, ServerConfig
 from nf_netconf.users import verify_password
 from tests.test_netconf_harness import PASSWORD, WAIT, FakeRuntime, users_toml
 
@@ -103,3 +106,37 @@ def test_hash_password_and_usage_errors() -> None:
     )
     assert result.returncode == 2
     assert "--runtime-socket, --host-key, --users required" in result.stderr
+
+
+def test_listens_only_on_the_given_address(tmp_path: Path) -> None:
+    (tmp_path / "users.toml").write_text(users_toml())
+    app = NetconfApp(
+        ServerConfig(
+            host="::1",
+            port=0,
+            runtime_socket=str(tmp_path / "none.sock"),
+            host_key=str(tmp_path / "hk"),
+            users_file=str(tmp_path / "users.toml"),
+        )
+    )
+    app.start()
+    try:
+        m = manager.connect(
+            host="::1",
+            port=app.port,
+            username="admin",
+            password=PASSWORD,
+            hostkey_verify=False,
+            allow_agent=False,
+            look_for_keys=False,
+            timeout=WAIT,
+        )
+        assert m.session_id is not None
+        m.close_session()
+        with (
+            pytest.raises(ConnectionRefusedError),
+            socket.create_connection(("127.0.0.1", app.port), timeout=WAIT),
+        ):
+            pass
+    finally:
+        app.stop()
