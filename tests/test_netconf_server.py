@@ -326,6 +326,9 @@ def test_get_merges_runtime_state(rig: Rig) -> None:
         }
     }
     reply = _xml(m.get())
+    assert "paths" not in rig.runtime.requests[-1]
+    m.get(filter=("subtree", f'<twamp xmlns="{TWAMP_NS}"><server/></twamp>'))
+    assert rig.runtime.requests[-1]["paths"] == ["twamp-nf-twamp:twamp"]  # the runtime collects only that
     server = reply.find(f".//{{{TWAMP_NS}}}server")
     assert server is not None
     assert server.findtext(f"{{{TWAMP_NS}}}count") == "65536"

@@ -15,7 +15,7 @@ from lxml import etree
 from nf_netconf.datastore import ERROR_OPTIONS, TARGETS, TEST_OPTIONS, Datastores, runtime_error
 from nf_netconf.edit import DEFAULT_OPERATIONS, merge_tree
 from nf_netconf.errors import NC_NS, Reason, RpcError, bad_element, invalid_value, missing_element
-from nf_netconf.filters import apply_filter
+from nf_netconf.filters import apply_filter, filter_spec
 from nf_netconf.nacm import Nacm
 from nf_netconf.notifications import NOTIF_NS, NotificationHub
 from nf_netconf.runtime_link import RuntimeLink, RuntimeRefused, RuntimeUnavailable
@@ -153,11 +153,27 @@ class Operations:
         params = _params(op, {"filter"})
         data = self.datastores.snapshot("running")
         try:
-            state = self.runtime.get_state()
+            state = self.runtime.get_state(self._state_paths(params.get("filter")))
         except (RuntimeRefused, RuntimeUnavailable) as exc:
             raise runtime_error(exc) from None
         merge_tree(data, self.schema.state_to_xml(state), self.schema)
         return self._reply_data(session, data, params.get("filter"))
+
+    def _state_paths(self, filter_el: etree._Element | None) -> list[str] | None:
+        """The top-level nodes a subtree filter names, so the runtime collects only those (None: all)."""
+        if filter_el is None or filter_spec(filter_el)[0] != "subtree":
+            return None
+        modules = {ns: module for module, ns in self.schema.namespaces.items()}
+        paths: list[str] = []
+        for selector in filter_el:
+            if not isinstance(selector.tag, str):
+                continue
+            qname = etree.QName(selector)
+            module = modules.get(qname.namespace or "")
+            if module is None:
+                return None  # an un-namespaced or foreign selector: ask for everything
+            paths.append(f"{module}:{qname.localname}")
+        return paths or None
 
     # ----------------------------------------------------------------------------------------------------
     # changing
