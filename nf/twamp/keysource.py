@@ -60,6 +60,8 @@ class KeyChain:
         encoded = key_id.encode("utf-8")
         if not 0 < len(encoded) <= 80:
             raise ValueError(f"key-id {key_id!r} must be 1..80 octets of UTF-8")
+        if b"\0" in encoded:  # the 80-octet Key ID field is zero-padded: a NUL would cut the identity short
+            raise ValueError(f"key-id {key_id!r} contains NUL")
         self._secrets[encoded] = SharedSecret(secret)
 
     def key_ids(self) -> list[str]:
@@ -71,18 +73,33 @@ class KeyChain:
     @classmethod
     def from_pfs_file(cls, path: str) -> KeyChain:
         """perfSONAR pfs format: 'key-id hex-secret' per line; '#' starts a comment."""
+        with open(path, "rb") as handle:
+            raw = handle.read()
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{path}: not UTF-8 text (octet {exc.start})") from None
+        return cls.from_pfs_text(text, path)
+
+    @classmethod
+    def from_pfs_text(cls, text: str, source: str = "<pfs>") -> KeyChain:
+        """The parser behind from_pfs_file; errors name `source` and the line, never the secret."""
         chain = cls()
-        with open(path, encoding="utf-8") as handle:
-            for number, raw in enumerate(handle, 1):
-                line = raw.split("#", 1)[0].strip()
-                if not line:
-                    continue
-                parts = line.split()
-                if len(parts) != 2:
-                    raise ValueError(f"{path}:{number}: expected 'key-id hex-secret'")
-                try:
-                    secret = bytes.fromhex(parts[1])
-                except ValueError:
-                    raise ValueError(f"{path}:{number}: secret is not hex") from None
+        for number, raw in enumerate(text.splitlines(), 1):
+            line = raw.split("#", 1)[0].strip()
+            if not line:
+                continue
+            parts = line.split()
+            if len(parts) != 2:
+                raise ValueError(f"{source}:{number}: expected 'key-id hex-secret'")
+            try:
+                secret = bytes.fromhex(parts[1])
+            except ValueError:
+                raise ValueError(f"{source}:{number}: secret is not hex") from None
+            if parts[0].encode("utf-8") in chain._secrets:
+                raise ValueError(f"{source}:{number}: key-id {parts[0]!r} appears twice")
+            try:
                 chain.add(parts[0], secret)
+            except ValueError as exc:
+                raise ValueError(f"{source}:{number}: {exc}") from None
         return chain
