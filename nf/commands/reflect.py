@@ -94,19 +94,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "authenticated, encrypted and mixed when --keys is given)",
     )
     parser.add_argument("--keys", metavar="FILE", help="perfSONAR pfs key file: 'key-id hex-secret' lines")
-    parser.add_argument("--servwait", type=_positive_float, default=900.0, help="idle control timeout, s")
-    parser.add_argument("--refwait", type=_positive_float, default=900.0, help="idle test session timeout, s")
+    parser.add_argument(
+        "--servwait",
+        type=_positive_float,
+        default=900.0,
+        help="idle control timeout, s (default %(default)g)",
+    )
+    parser.add_argument(
+        "--refwait",
+        type=_positive_float,
+        default=900.0,
+        help="idle test session timeout, s (default %(default)g)",
+    )
     parser.add_argument(
         "--count-exponent",
         type=int,
         choices=range(10, 32),
         default=11,
         metavar="N",
-        help="PBKDF2 Count = 2^N",
+        help="PBKDF2 Count = 2^N (default %(default)s)",
     )
-    parser.add_argument("--max-connections", type=_positive_int, default=64)
-    parser.add_argument("--max-connections-per-client", type=_positive_int, default=8)
-    parser.add_argument("--max-sessions", type=_positive_int, default=16, help="test sessions per connection")
+    parser.add_argument(
+        "--max-connections", type=_positive_int, default=64, help="control connections (default %(default)s)"
+    )
+    parser.add_argument(
+        "--max-connections-per-client",
+        type=_positive_int,
+        default=8,
+        help="control connections from one address (default %(default)s)",
+    )
+    parser.add_argument(
+        "--max-sessions",
+        type=_positive_int,
+        default=16,
+        help="test sessions per connection (default %(default)s)",
+    )
     parser.add_argument("--max-pps", type=_positive_float, help="reflected packets per second per session")
     parser.add_argument("--max-message-size", type=int, default=1024, help="largest control message, octets")
     parser.add_argument("--stats-file", metavar="FILE", help="JSON counters, written on SIGUSR1 and on exit")
