@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
+from nf.net import batch_io
 from nf.net.clock_sync import ClockSyncCache
 from nf.net.rate_limited_log import RateLimitedLog
 from nf.net.socket_options import (
@@ -68,6 +69,9 @@ class ReflectorConfig:
     # After each packet, poll without sleeping for this many seconds before blocking again: the next packet
     # of a busy session then costs no wake-up (tens of microseconds on a VM), at the price of CPU. 0 = off.
     busy_poll: float = 0.0
+    # Datagrams taken per receive call (recvmmsg) when several are queued; 1 = one recvmsg per datagram.
+    # Each keeps its own kernel timestamp, and each reply is still sent on its own just after its T3 is read.
+    receive_batch: int = 16
 
 
 class SessionState(enum.Enum):
@@ -158,6 +162,7 @@ class _Port:
         self.port = port
         self.sessions: dict[tuple[str, int], _Session] = {}
         self.wildcards: list[_Session] = []
+        self.generation = 0  # bumped whenever a session is added or forgotten: the batched loop's cache
         self.closing = False
         self.dscp = 0
         self.last_activity = time.monotonic()
@@ -203,6 +208,142 @@ class _Port:
 
     def _run(self) -> None:
         self._set_priority()
+        batch = self.owner.config.receive_batch
+        if batch > 1 and batch_io.available():
+            self._run_batched(batch_io.BatchReceiver(self.sock, batch))
+        else:
+            self._run_single()
+        self._shutdown()
+
+    def _run_batched(self, receiver: batch_io.BatchReceiver) -> None:
+        """recvmmsg: every queued datagram in one call, then one reply each, sent just after its T3.
+
+        Sessions are looked up by the raw source sockaddr (cached after the first packet), and the usual
+        control data (timestamp, TTL) is read with one unpack at fixed offsets.
+        """
+        receive = receiver.receive
+        headers = receiver.headers
+        names = receiver.names
+        control = receiver.control
+        views = receiver.views
+        result = batch_io.RESULT.unpack_from
+        usual = batch_io.USUAL_CONTROL.unpack_from
+        usual_length = batch_io.USUAL_CONTROL_LENGTH
+        header_size = receiver.header_offset(1)
+        name_size = receiver.name_offset(1)
+        control_size = receiver.control_offset(1)
+        sock = self.sock
+        sendto = sock.sendto
+        monotonic = time.monotonic
+        time_ns = time.time_ns
+        ntp_now = _ntp_now
+        sol_socket = socket.SOL_SOCKET
+        scm_timestampns = SCM_TIMESTAMPNS
+        ttl_kinds = (IP_TTL, IPV6_HOPLIMIT)
+        started = SessionState.STARTED
+        stopping = SessionState.STOPPING
+        cache: dict[bytes, tuple[_Session, tuple[str, int] | tuple[str, int, int, int]]] = {}
+        generation = -1
+        next_housekeeping = monotonic() + self.owner.config.poll_interval
+        while not self.closing:
+            try:
+                got = receive()
+            except (BlockingIOError, InterruptedError):
+                next_housekeeping = self._housekeeping()
+                continue
+            except OSError as exc:
+                if self.closing or exc.errno == errno.EBADF:
+                    break
+                self.owner.bad_input_log.warning("recv", "twamp reflector port %d: %s", self.port, exc)
+                continue
+            now = monotonic()
+            if now >= next_housekeeping:
+                next_housekeeping = self._housekeeping()
+            if generation != self.generation or len(cache) > 4096:
+                cache.clear()
+                generation = self.generation
+            for i in range(got):
+                namelen, controllen, _flags, nbytes = result(headers, i * header_size)
+                at = i * control_size
+                ttl = TEST_TTL
+                if controllen == usual_length:
+                    _l1, level, kind, seconds, nanos, _l2, _level2, kind2, ttl_found = usual(control, at)
+                    stamp = (
+                        seconds * 1_000_000_000 + nanos
+                        if level == sol_socket and kind == scm_timestampns
+                        else 0
+                    )
+                    if kind2 in ttl_kinds:
+                        ttl = ttl_found
+                else:
+                    stamp = 0
+                    for level, kind, data in batch_io.parse_control(control, at, controllen):
+                        if level == sol_socket and kind == scm_timestampns and len(data) >= 16:
+                            stamp = int.from_bytes(data[:8], sys.byteorder) * 1_000_000_000 + int.from_bytes(
+                                data[8:16], sys.byteorder
+                            )
+                        elif kind in ttl_kinds and len(data) >= 4:
+                            ttl = int.from_bytes(data[:4], sys.byteorder)
+                if not stamp:
+                    stamp = time_ns()
+                start = i * name_size
+                raw = bytes(names[start : start + namelen])
+                found = cache.get(raw)
+                if found is None:
+                    try:
+                        addr = batch_io.decode_name(names, start, namelen)
+                    except OSError:
+                        continue
+                    session_or_none = self.find(addr[0], addr[1])
+                    if session_or_none is None:
+                        self.drop(None, DropReason.UNKNOWN_SENDER, "no session for this sender", addr)
+                        continue
+                    found = cache[raw] = (session_or_none, addr)
+                session, addr = found
+                state = session.state
+                if state is not started:
+                    if state is stopping and now > session.deadline:
+                        self.owner.end_session(self, session, EndReason.TIMEOUT_AFTER_STOP, now)
+                        state = session.state
+                    if state is not stopping:
+                        reason = (
+                            DropReason.NOT_STARTED if state is SessionState.ADDED else DropReason.AFTER_STOP
+                        )
+                        self.drop(session, reason, f"session is {state.value}", addr)
+                        continue
+                bucket = session.bucket
+                if bucket is not None and not bucket.take(now):
+                    self.drop(session, DropReason.RATE_LIMITED, "over the session's packet rate", addr)
+                    continue
+                engine = session.engine
+                if engine is None:
+                    self.drop(session, DropReason.AFTER_STOP, "session ended", addr)
+                    continue
+                session.last_activity = now
+                try:
+                    reply = engine.reflect(views[i], nbytes, ntp_from_ns(stamp), ttl, ntp_now)
+                except TestPacketError as exc:
+                    self.drop(session, DropReason.of(exc), str(exc), addr)
+                    continue
+                except Exception:
+                    self.internal_errors += 1
+                    if self.owner.bad_input_log.warning(
+                        "internal", "twamp reflector port %d: bug", self.port
+                    ):
+                        log.exception("twamp reflector port %d: reflecting failed", self.port)
+                    continue
+                dscp = session.params.dscp
+                session.reflected += 1
+                try:
+                    if dscp != self.dscp:
+                        set_dscp(sock, dscp)
+                        self.dscp = dscp
+                    sendto(reply, addr)
+                except OSError as exc:
+                    session.reflected -= 1
+                    self.drop(session, DropReason.SEND_FAILED, str(exc), addr)
+
+    def _run_single(self) -> None:
         sock = self.sock
         buf = bytearray(65536)
         view = memoryview(buf)
@@ -305,7 +446,6 @@ class _Port:
             except OSError as exc:
                 session.reflected -= 1
                 self.drop(session, DropReason.SEND_FAILED, str(exc), addr)
-        self._shutdown()
 
     def _housekeeping(self) -> float:
         """Ends sessions past their Timeout or REFWAIT, forgets them after linger, closes an unused port."""
@@ -492,6 +632,7 @@ class Reflector:
                 entry.wildcards.append(session)
             else:
                 entry.sessions[key] = session
+            entry.generation += 1
             self._used_ports.add(entry)
             self._by_sid[params.sid] = (entry, session)
 
@@ -556,6 +697,7 @@ class Reflector:
                     entry.wildcards.remove(session)
             elif entry.sessions.get(session.key) is session:
                 del entry.sessions[session.key]
+            entry.generation += 1
             entry.reflected += session.reflected
             session.reflected = 0
             found = self._by_sid.get(session.sid)

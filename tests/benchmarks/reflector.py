@@ -1,7 +1,7 @@
 """Reflector throughput and turnaround on loopback: prints figures, asserts nothing.
 
     python -m tests.benchmarks.reflector [--seconds 2] [--max-rate 400000] [--no-pin] [--priority 0]
-        [--busy-poll 50]
+        [--busy-poll 50] [--receive-batch 16]
 
 For unauthenticated and authenticated sessions it finds the highest packet rate the reflector sustains with
 zero loss (every packet sent came back), then measures the turnaround T3 - T2 (from the reply fields, with
@@ -9,6 +9,10 @@ kernel receive timestamps for T2) at half that rate. The reflector runs in this 
 pinned to CPU 0 and (by default) given SCHED_FIFO priority 10; the load generator is a separate process
 (and a forked receiver process) pinned to the other CPUs, bounded in packets and time. Loopback only.
 Trials last long enough (2 s) that the 4 MB receive buffer cannot hide a reflector slower than the load.
+
+Other work on a shared host skews wall-clock figures, so every trial also prints the reflector thread's own
+CPU time per reflected packet (its CPU clock, user + kernel) and the load average at that moment; a fixed
+rate is also run with one recvmsg per datagram and with batched receive, to compare their CPU per packet.
 """
 
 from __future__ import annotations
@@ -47,6 +51,12 @@ class Trial:
     received: int
     reflected: int
     turnarounds_us: list[float]
+    cpu_seconds: float  # CPU time of the reflector's port thread during the trial
+    load: float  # 1-minute load average at the end of the trial
+
+    @property
+    def cpu_us_per_packet(self) -> float:
+        return self.cpu_seconds / self.reflected * 1e6 if self.reflected else float("nan")
 
     @property
     def lossless(self) -> bool:
@@ -207,15 +217,21 @@ def _generator(
 
 
 class Bench:
-    def __init__(self, mode: SecurityMode, pin: bool, priority: int | None, busy_poll: float) -> None:
+    def __init__(
+        self, mode: SecurityMode, pin: bool, priority: int | None, busy_poll: float, receive_batch: int
+    ) -> None:
         self.mode = mode
         self.keys_material = (os.urandom(16), os.urandom(32)) if mode.test_is_protected else None
         keys = TestSessionKeys(*self.keys_material) if self.keys_material else None
-        self.reflector = Reflector(ReflectorConfig(realtime_priority=priority, busy_poll=busy_poll))
+        config = ReflectorConfig(realtime_priority=priority, busy_poll=busy_poll, receive_batch=receive_batch)
+        self.reflector = Reflector(config)
         port = self.reflector.reserve_port(HOST, 0)
+        thread = next(t for t in threading.enumerate() if t.name == f"twamp-reflector-{port}")
+        assert thread.ident is not None
+        self.cpu_clock = time.pthread_getcpuclockid(thread.ident)
         cpus = set(range(os.cpu_count() or 1))
-        if pin and len(cpus) > 1:
-            self._pin_reflector_thread(port)
+        if pin and len(cpus) > 1 and thread.native_id is not None:
+            os.sched_setaffinity(thread.native_id, {0})
         generator_cpus = cpus - {0} if pin and len(cpus) > 1 else set()
         spawn = multiprocessing.get_context("spawn")
         self.control, child = spawn.Pipe()
@@ -243,17 +259,15 @@ class Bench:
         self.reflector.add_session(self.params)
         self.reflector.start_session(self.params.sid)
 
-    def _pin_reflector_thread(self, port: int) -> None:
-        for thread in threading.enumerate():
-            if thread.name == f"twamp-reflector-{port}" and thread.native_id is not None:
-                os.sched_setaffinity(thread.native_id, {0})
-
     def trial(self, rate: float, seconds: float, collect: bool = False) -> Trial:
         before = self._reflected()
+        cpu_before = time.clock_gettime(self.cpu_clock)
         self.control.send((rate, seconds, collect))
         sent, received, turnarounds, elapsed = self.control.recv()
+        cpu = time.clock_gettime(self.cpu_clock) - cpu_before
         achieved = sent / elapsed if elapsed > 0 else 0.0
-        return Trial(rate, achieved, sent, received, self._reflected() - before, turnarounds)
+        reflected = self._reflected() - before
+        return Trial(rate, achieved, sent, received, reflected, turnarounds, cpu, os.getloadavg()[0])
 
     def _reflected(self) -> int:
         counters = self.reflector.counters(self.params.sid)
@@ -284,7 +298,8 @@ def find_max_rate(bench: Bench, seconds: float, max_rate: float) -> Trial | None
         verdict = "lossless" if trial.lossless else "LOSS"
         print(
             f"  {bench.mode.value} asked {rate:>9.0f} pps, sent at {trial.achieved:>9.0f} pps: "
-            f"sent {trial.sent} received {trial.received} reflected {trial.reflected} -> {verdict}",
+            f"sent {trial.sent} received {trial.received} reflected {trial.reflected} -> {verdict}; "
+            f"reflector CPU {trial.cpu_us_per_packet:.1f} us/packet, load {trial.load:.2f}",
             flush=True,
         )
         if trial.lossless:
@@ -345,6 +360,25 @@ def per_packet_costs() -> None:
     )
 
 
+def compare_receive(mode: SecurityMode, args: argparse.Namespace) -> None:
+    """CPU per packet at one fixed rate with one recvmsg per datagram and with recvmmsg, alternated."""
+    figures: dict[int, list[str]] = {1: [], args.receive_batch: []}
+    for _ in range(2):
+        for batch in figures:
+            bench = Bench(mode, not args.no_pin, args.priority or None, args.busy_poll / 1e6, batch)
+            try:
+                trial = bench.trial(args.compare_rate, args.seconds)
+            finally:
+                bench.close()
+            loss = trial.sent - trial.received
+            figures[batch].append(f"{trial.cpu_us_per_packet:.1f} (loss {loss}, load {trial.load:.2f})")
+    print(
+        f"{mode.value} at {args.compare_rate:,.0f} pps, reflector CPU us/packet: "
+        + "; ".join(f"receive batch {b}: {', '.join(f)}" for b, f in figures.items()),
+        flush=True,
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -356,6 +390,12 @@ def main() -> int:
     parser.add_argument(
         "--priority", type=int, default=10, help="SCHED_FIFO priority of the reflector; 0: none"
     )
+    parser.add_argument(
+        "--receive-batch", type=int, default=ReflectorConfig().receive_batch, help="datagrams per recvmmsg"
+    )
+    parser.add_argument(
+        "--compare-rate", type=float, default=30_000, help="rate of the single/batched receive comparison"
+    )
     args = parser.parse_args()
     print(
         f"reflector benchmark: loopback {HOST}, {os.cpu_count()} CPUs, load average "
@@ -366,7 +406,8 @@ def main() -> int:
     )
     per_packet_costs()
     for mode in (SecurityMode.UNAUTHENTICATED, SecurityMode.AUTHENTICATED):
-        bench = Bench(mode, not args.no_pin, args.priority or None, args.busy_poll / 1e6)
+        compare_receive(mode, args)
+        bench = Bench(mode, not args.no_pin, args.priority or None, args.busy_poll / 1e6, args.receive_batch)
         try:
             timestamps = bench.reflector.totals().kernel_timestamps
             best = find_max_rate(bench, args.seconds, args.max_rate)
@@ -378,10 +419,12 @@ def main() -> int:
             p50 = statistics.median(turn) if turn else float("nan")
             p99 = turn[int(len(turn) * 0.99)] if turn else float("nan")
             print(
-                f"{mode.value}: max lossless {best.achieved:,.0f} pps "
-                f"(kernel receive timestamps: {timestamps}); "
-                f"at {half.achieved:,.0f} pps turnaround T3-T2 p50 {p50:.1f} us, p99 {p99:.1f} us "
-                f"over {len(turn)} replies (loss {half.sent - half.received})",
+                f"RESULT {mode.value}: max lossless {best.achieved:,.0f} pps "
+                f"(kernel receive timestamps: {timestamps}; reflector CPU {best.cpu_us_per_packet:.1f} "
+                f"us/packet, load {best.load:.2f}); at {half.achieved:,.0f} pps turnaround T3-T2 "
+                f"p50 {p50:.1f} us, p99 {p99:.1f} us over {len(turn)} replies "
+                f"(loss {half.sent - half.received}; CPU {half.cpu_us_per_packet:.1f} us/packet, "
+                f"load {half.load:.2f})",
                 flush=True,
             )
         finally:
