@@ -7,6 +7,7 @@ pid) and that its temporary directory is removed, or kept with private permissio
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import re
@@ -16,9 +17,20 @@ import stat
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+from lxml import etree
 
+from nf.demo.configuration import TWAMP_NS
+from nf.demo.credentials import create_credentials
+from nf.demo.report import summary_from_results
+from nf.ike.certificates import TrustAnchors, check_peer_certificate, load_certificates
+from nf.ike.errors import AuthenticationError
+from nf.ike.identities import Identity
+from nf.runtime.events import results_json
+from nf.twamp.results import DelayStats, Summary, VariationStats
+from nf_netconf.users import load_users
 from tests.conftest import CLI, ROOT, run_cli
 
 pytestmark = pytest.mark.timeout(300)  # four Python children on a loaded machine: bounded, generously
@@ -181,3 +193,67 @@ def test_demo_rejects_a_bad_count() -> None:
     result = run_cli(["demo", "--count", "0"])
     assert result.returncode == 2
     assert "--count" in result.stderr
+
+
+def _xml(tag: str, value: Any) -> etree._Element:
+    """RFC 7951 JSON (as nf.runtime.events produces it) -> the XML a NETCONF notification carries."""
+    element = etree.Element(f"{{{TWAMP_NS}}}{tag}")
+    if isinstance(value, dict):
+        element.extend(_xml(k, v) for k, v in value.items())
+    else:
+        element.text = str(value).lower() if isinstance(value, bool) else str(value)
+    return element
+
+
+@pytest.mark.parametrize(
+    "summary",
+    [
+        Summary(
+            20,
+            19,
+            1,
+            0.05,
+            0,
+            2,
+            DelayStats(0.012, 0.05, 0.2, 0.3, 0.35, 0.07),
+            VariationStats(0.004, 0.1, 0.2),
+            DelayStats(0.006, 0.02, 0.1, 0.2, 0.25, 0.03),
+            DelayStats(0.006, 0.03, 0.1, 0.1, 0.1, 0.04),
+            True,
+        ),
+        Summary(5, 0, 5, 1.0, 0, 0, None, None, None, None, False),
+    ],
+)
+def test_results_read_back_from_the_notification_are_the_runtime_summary(summary: Summary) -> None:
+    assert summary_from_results(_xml("results", results_json(summary))) == summary
+
+
+@pytest.mark.strongswan
+def test_credentials_chain_to_the_demo_ca_and_stay_private(tmp_path: Path) -> None:
+    credentials = create_credentials(tmp_path, {"gw-a": "gw-a.example", "gw-b": "gw-b.example"})
+    trust = TrustAnchors.from_files(str(credentials.ca_certificate))
+    now = datetime.datetime.now(datetime.UTC)
+    for name, files in credentials.instances.items():
+        certs = load_certificates(str(files.certificate))
+        check_peer_certificate(trust, certs, Identity.parse(files.fqdn), now=now)
+        other = "gw-b.example" if name == "gw-a" else "gw-a.example"
+        with pytest.raises(AuthenticationError):
+            check_peer_certificate(trust, certs, Identity.parse(other), now=now)
+        # an independent verifier agrees: strongSwan's pki builds the chain up to the demo CA
+        verified = subprocess.run(
+            ["pki", "--verify", "--in", str(files.certificate), "--cacert", str(credentials.ca_certificate)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+        assert 'using trusted ca certificate "O=twamp-nf demo, CN=twamp-nf demo CA"' in verified.stderr
+        assert "certificate trusted, lifetimes valid" in verified.stdout
+        for secret in (files.private_key, files.host_key):
+            assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    users, _ = load_users(credentials.users_file.read_text())
+    login = credentials.login
+    password = login.ncclient_arguments()["password"]
+    assert users[login.username].check_password(password)
+    assert password not in repr(login) and password not in str(login)
+    assert password not in credentials.users_file.read_text()

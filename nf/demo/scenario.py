@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from lxml import etree
+from ncclient.operations.rpc import RPCError
 
 from nf.demo.configuration import (
     BINDING_NS,
@@ -52,6 +53,7 @@ START_WAIT = 90.0  # seconds for a child to become ready (Python start-up and li
 NETCONF_WAIT = 60.0  # seconds for a NETCONF session to open and for each RPC
 IKE_WAIT = 60.0  # seconds from B's configuration to its IKE SA
 STATE_POLL = 0.2
+PORT_ATTEMPTS = 3
 FQDNS = {"gw-a": "gw-a.example", "gw-b": "gw-b.example"}
 
 
@@ -124,62 +126,28 @@ class Demo:
             for instance in self.instances:
                 instance.wait_netconf(START_WAIT)
         self.pids = [pid for i in self.instances for pid in i.pids()]
-        ports = {
-            "ike_a": free_port(a.host, socket.SOCK_DGRAM),
-            "ike_b": free_port(b.host, socket.SOCK_DGRAM),
-            "twamp": free_port(a.host, socket.SOCK_STREAM),
-        }
-        for instance, role, ike in (
-            (a, "TWAMP Server + Session-Reflector, IKE responder", ports["ike_a"]),
-            (b, "Control-Client + Session-Sender, IKE initiator", ports["ike_b"]),
+        for instance, role in (
+            (a, "TWAMP Server + Session-Reflector, IKE responder"),
+            (b, "Control-Client + Session-Sender, IKE initiator"),
         ):
             assert instance.runtime is not None and instance.netconf is not None
             self.say(
-                f"  {instance.name} ({FQDNS[instance.name]}): {role}; NETCONF {instance.host}:"
-                f"{instance.netconf_port} (pid {instance.netconf.pid}), runtime pid {instance.runtime.pid}, "
-                f"IKE {instance.host}:{ike}" + (f", TWAMP {a.host}:{ports['twamp']}" if instance is a else "")
+                f"  {instance.name} ({FQDNS[instance.name]}): {role}; NETCONF server {instance.host}:"
+                f"{instance.netconf_port} (pid {instance.netconf.pid}), runtime pid {instance.runtime.pid}"
             )
         nc_a = self._connect(a, credentials)
         nc_b = self._connect(b, credentials)
-        end_a = Endpoint(
-            a.name,
-            FQDNS[a.name],
-            a.host,
-            ports["ike_a"],
-            credentials.instances[a.name].certificate,
-            credentials.instances[a.name].private_key,
-        )
-        end_b = Endpoint(
-            b.name,
-            FQDNS[b.name],
-            b.host,
-            ports["ike_b"],
-            credentials.instances[b.name].certificate,
-            credentials.instances[b.name].private_key,
-        )
-        with self.step("configure gw-a over NETCONF (edit-config running)", a):
-            nc_a.edit_running(server_config(end_a, end_b, credentials.ca_certificate, ports["twamp"]))
-        self.say(
-            f"  configured {a.name}: IKE peer {b.name}, TWAMP server offering authenticated, encrypted, "
-            f"mixed, each also ikev2-derived for {b.name}'s SAs"
-        )
+        ports = self._configure(nc_a, nc_b, credentials)
         opts = self.options
-        with self.step("configure gw-b over NETCONF (edit-config running)", b):
-            nc_b.edit_running(
-                client_config(
-                    end_b,
-                    end_a,
-                    credentials.ca_certificate,
-                    ports["twamp"],
-                    mode=opts.mode,
-                    count=opts.count,
-                    interval=opts.interval,
-                )
-            )
         self.say(
-            f"  configured {b.name}: IKE peer {a.name} (auto-initiate), control connection {CONNECTION} "
-            f"keyed by the IKE SA with {a.name}, test session of {opts.count} packets every "
-            f"{opts.interval} s"
+            f"  configured {a.name}: IKE on {a.host}:{ports['ike_a']}, peer {b.name}; TWAMP server on "
+            f"{a.host}:{ports['twamp']} offering authenticated, encrypted, mixed, each also ikev2-derived "
+            f"for {b.name}'s SAs"
+        )
+        self.say(
+            f"  configured {b.name}: IKE on {b.host}:{ports['ike_b']}, peer {a.name} (auto-initiate); "
+            f"control connection {CONNECTION} keyed by the IKE SA with {a.name}, test session of "
+            f"{opts.count} packets every {opts.interval} s"
         )
         with self.step("establish the IKE SA (ike-sa-up on gw-b)", b, a):
             sa = ike_sa_up(nc_b.next_event(is_notification("ike-sa-up", IKE_NS), IKE_WAIT, self._abort))
@@ -226,6 +194,59 @@ class Demo:
             directory=str(self.directory),
             pids=self.pids,
         )
+
+    def _configure(
+        self, nc_a: NetconfSession, nc_b: NetconfSession, credentials: DemoCredentials
+    ) -> dict[str, int]:
+        """A then B by edit-config. The ports were free a moment before the runtime binds them; if another
+        program took one meanwhile (resource-denied), both are configured again with new ports."""
+        a, b = self.instances
+        opts = self.options
+        attempt = 0
+        while True:
+            attempt += 1
+            ports = {
+                "ike_a": free_port(a.host, socket.SOCK_DGRAM),
+                "ike_b": free_port(b.host, socket.SOCK_DGRAM),
+                "twamp": free_port(a.host, socket.SOCK_STREAM),
+            }
+            end_a, end_b = (
+                Endpoint(
+                    i.name,
+                    FQDNS[i.name],
+                    i.host,
+                    ports[key],
+                    credentials.instances[i.name].certificate,
+                    credentials.instances[i.name].private_key,
+                )
+                for i, key in ((a, "ike_a"), (b, "ike_b"))
+            )
+            try:
+                with self.step("configure gw-a over NETCONF (edit-config running)", a):
+                    nc_a.edit_running(server_config(end_a, end_b, credentials.ca_certificate, ports["twamp"]))
+                with self.step("configure gw-b over NETCONF (edit-config running)", b):
+                    nc_b.edit_running(
+                        client_config(
+                            end_b,
+                            end_a,
+                            credentials.ca_certificate,
+                            ports["twamp"],
+                            mode=opts.mode,
+                            count=opts.count,
+                            interval=opts.interval,
+                        )
+                    )
+            except DemoFailure as failure:
+                cause = failure.__cause__
+                if (
+                    not isinstance(cause, RPCError)
+                    or cause.tag != "resource-denied"
+                    or attempt == PORT_ATTEMPTS
+                ):
+                    raise
+                self.say(f"  a port was taken meanwhile ({cause.message}); configuring again with new ports")
+                continue
+            return ports
 
     def _connect(self, instance: Instance, credentials: DemoCredentials) -> NetconfSession:
         with self.step(f"open a NETCONF session to {instance.name} and subscribe", instance):
