@@ -349,9 +349,12 @@ def test_a_bug_in_the_reflect_path_costs_the_packet_not_the_thread(reflector: Re
         assert sender.run(params, count=3, interval=0.0, reply_timeout=WAIT).received == 3
 
 
-def test_busy_poll_reflects_like_the_blocking_loop() -> None:
+@pytest.mark.parametrize("receive_batch", [1, 16])
+def test_busy_poll_reflects_like_the_blocking_loop(receive_batch: int) -> None:
     with (
-        Reflector(ReflectorConfig(poll_interval=0.05, busy_poll=0.002)) as reflector,
+        Reflector(
+            ReflectorConfig(poll_interval=0.05, busy_poll=0.002, receive_batch=receive_batch)
+        ) as reflector,
         SessionSender("::1") as sender,
     ):
         params = _params(sender, reflector.reserve_port("::1"), SecurityMode.AUTHENTICATED)

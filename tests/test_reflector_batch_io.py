@@ -116,13 +116,17 @@ def test_parse_control_never_reads_past_its_length(data: bytes, length: int) -> 
 
 
 @pytest.mark.parametrize("host", HOSTS)
-@pytest.mark.parametrize("batch", [1, 16])
-def test_queued_bursts_are_all_reflected_with_their_own_timestamps(host: str, batch: int) -> None:
+@pytest.mark.parametrize(("batch", "send_batch"), [(1, 1), (16, 1), (16, 8)])
+def test_queued_bursts_are_all_reflected_with_their_own_timestamps(
+    host: str, batch: int, send_batch: int
+) -> None:
     """A burst queued before the reflector reads it is taken in batches; every reply has its own T2."""
     codec = TestPacketCodec(SecurityMode.UNAUTHENTICATED, None)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with (
-        Reflector(ReflectorConfig(poll_interval=0.05, receive_batch=batch)) as reflector,
+        Reflector(
+            ReflectorConfig(poll_interval=0.05, receive_batch=batch, send_batch=send_batch)
+        ) as reflector,
         socket.socket(family, socket.SOCK_DGRAM) as sender,
     ):
         set_receive_buffer(sender, 4 * 1024 * 1024)  # room for all 300 replies
@@ -152,6 +156,7 @@ def test_queued_bursts_are_all_reflected_with_their_own_timestamps(host: str, ba
             sender.send(codec.encode_sender(SenderPacket(seq, ntp_from_unix(time.time()), 0)))
         replies = [codec.decode_reflector(sender.recv(2048)) for _ in range(300)]
     assert sorted(r.sender_seq for r in replies) == list(range(300))
+    assert sorted(r.seq for r in replies) == list(range(300))
     stamps = [r.receive_timestamp for r in sorted(replies, key=lambda r: r.sender_seq)]
     assert stamps == sorted(stamps) and all(r.timestamp >= r.receive_timestamp for r in replies)
     assert reflector.totals().reflected == 300
@@ -170,3 +175,44 @@ def test_single_datagram_receive_still_reflects_every_mode(mode: SecurityMode) -
         reflector.start_session(params.sid)
         result = sender.run(params, count=10, interval=0.0, reply_timeout=WAIT)
         assert result.received == 10 and reflector.totals().reflected == 10
+
+
+@pytest.mark.parametrize("host", HOSTS)
+def test_batch_sender_sends_each_queued_datagram_to_its_own_address(host: str) -> None:
+    receiving, sending = _pair(host)
+    other, _unused = _pair(host)
+    with receiving, sending, other, _unused:
+        receiver = batch_io.BatchReceiver(receiving, count=1, slot_size=64)
+        receiving.sendto(b"learn", sending.getsockname())  # raw sockaddrs as recvmmsg reports them
+        learn = batch_io.BatchReceiver(sending, count=1, slot_size=64)
+        assert learn.receive() == 1
+        namelen = batch_io.RESULT.unpack_from(learn.headers, 0)[0]
+        to_receiving = bytes(learn.names[:namelen])
+        other.sendto(b"learn", sending.getsockname())
+        assert learn.receive() == 1
+        to_other = bytes(learn.names[:namelen])
+        batch = batch_io.BatchSender(sending, count=3, slot_size=128)
+        assert not batch.add(b"one", to_receiving)
+        assert not batch.add(memoryview(b"two!"), to_other)
+        assert batch.add(b"three", to_receiving)  # full
+        assert batch.flush() == 3 and batch.flush() == 0
+        other.settimeout(WAIT)
+        assert other.recv(64) == b"two!"
+        got = []
+        for _ in range(2):
+            assert receiver.receive() == 1
+            length = batch_io.RESULT.unpack_from(receiver.headers, 0)[3]
+            got.append(bytes(receiver.views[0][:length]))
+        assert got == [b"one", b"three"]
+
+
+def test_totals_count_system_calls() -> None:
+    with Reflector(ReflectorConfig(poll_interval=0.05)) as reflector, SessionSender("127.0.0.1") as sender:
+        from tests.test_reflector import _params
+
+        params = _params(sender, reflector.reserve_port("127.0.0.1"))
+        reflector.add_session(params)
+        reflector.start_session(params.sid)
+        assert sender.run(params, count=5, interval=0.001, reply_timeout=WAIT).received == 5
+        totals = reflector.totals()
+        assert 1 <= totals.receive_calls <= 5 and totals.send_calls == 5

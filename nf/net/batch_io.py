@@ -17,6 +17,7 @@ import socket
 import struct
 
 MSG_WAITFORONE = 0x10000  # Linux socket.h
+POLL = MSG_WAITFORONE | socket.MSG_DONTWAIT  # what is queued now, without blocking
 _NAME_SIZE = 28  # sockaddr_in6, the larger of the two families
 _CONTROL_SIZE = 64  # room for a timespec and an int control message
 
@@ -122,10 +123,10 @@ class BatchReceiver:
     def __repr__(self) -> str:
         return f"BatchReceiver(fd={self._fd}, count={self.count})"
 
-    def receive(self) -> int:
+    def receive(self, flags: int = MSG_WAITFORONE) -> int:
         """Blocks for one datagram (SO_RCVTIMEO bounds it); returns how many came. OSError as recv raises."""
         self.headers[:] = self._pristine
-        got = self._call(self._fd, ctypes.addressof(self._headers), self.count, MSG_WAITFORONE, None)
+        got = self._call(self._fd, ctypes.addressof(self._headers), self.count, flags, None)
         if got < 0:
             code = ctypes.get_errno()
             if code in (errno.EAGAIN, errno.EWOULDBLOCK):
@@ -181,3 +182,95 @@ def decode_name(names: memoryview, offset: int, length: int) -> tuple[str, int] 
         (scope,) = struct.unpack_from("=I", names, offset + 24)
         return socket.inet_ntop(socket.AF_INET6, names[offset + 8 : offset + 24]), port, flowinfo, scope
     raise OSError(errno.EAFNOSUPPORT, f"address family {family}")
+
+
+def _sendmmsg() -> ctypes._CFuncPtr:  # type: ignore[name-defined]
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    function = _libc.sendmmsg
+    function.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int)
+    function.restype = ctypes.c_int
+    return function
+
+
+_IOV_LEN_AT = _Iovec.len.offset
+_IOV_SIZE = ctypes.sizeof(_Iovec)
+
+
+class BatchSender:
+    """Queues up to `count` datagrams (payload copied into a slot, raw sockaddr) and sends them in one call.
+
+    Saves the per-datagram syscall entry (about 2 us of the ~6 us a sendto costs on the test VM), at the
+    price of timestamps: a reply's T3 is read when it is built, before the replies queued ahead of it leave.
+    """
+
+    __slots__ = (
+        "_call",
+        "_fd",
+        "_headers",
+        "_iov",
+        "_iov_view",
+        "_names",
+        "_slots",
+        "count",
+        "headers",
+        "names",
+        "pending",
+        "slot_size",
+        "views",
+    )
+
+    def __init__(self, sock: socket.socket, count: int = 16, slot_size: int = 65536) -> None:
+        self._call = _sendmmsg()
+        self._fd = sock.fileno()
+        self.count = count
+        self.slot_size = slot_size
+        self.pending = 0
+        self._slots = (ctypes.c_char * (slot_size * count))()
+        self._names = (ctypes.c_char * (_NAME_SIZE * count))()
+        self._iov = (_Iovec * count)()
+        self._headers = (_Mmsghdr * count)()
+        base = ctypes.addressof(self._slots)
+        for i in range(count):
+            self._iov[i].base = base + i * slot_size
+            hdr = self._headers[i].hdr
+            hdr.name = ctypes.addressof(self._names) + i * _NAME_SIZE
+            hdr.iov = ctypes.addressof(self._iov) + i * _IOV_SIZE
+            hdr.iovlen = 1
+        self.headers = memoryview(self._headers).cast("B")
+        self._iov_view = memoryview(self._iov).cast("B")
+        self.names = memoryview(self._names).cast("B")
+        slots = memoryview(self._slots).cast("B")
+        self.views = [slots[i * slot_size : (i + 1) * slot_size] for i in range(count)]
+
+    def __repr__(self) -> str:
+        return f"BatchSender(fd={self._fd}, count={self.count}, pending={self.pending})"
+
+    def add(self, data: memoryview | bytes, name: bytes) -> bool:
+        """Queues one datagram to the raw sockaddr `name`; True when the batch is now full."""
+        i = self.pending
+        size = len(data)
+        self.views[i][:size] = data
+        at = i * _NAME_SIZE
+        self.names[at : at + len(name)] = name
+        _SIZE_T.pack_into(self._iov_view, i * _IOV_SIZE + _IOV_LEN_AT, size)
+        _UINT.pack_into(self.headers, i * _HEADER_SIZE + _NAMELEN_AT, len(name))
+        self.pending = i + 1
+        return self.pending == self.count
+
+    def flush(self) -> int:
+        """Sends what is queued; returns how many left (the rest failed: OSError for the first failure)."""
+        pending = self.pending
+        self.pending = 0
+        if not pending:
+            return 0
+        sent = self._call(self._fd, ctypes.addressof(self._headers), pending, 0)
+        if sent < 0:
+            code = ctypes.get_errno()
+            raise OSError(code, os.strerror(code))
+        return int(sent)
+
+
+_SIZE_T = struct.Struct("@N")
+_UINT = struct.Struct("@I")

@@ -1,7 +1,7 @@
 """Reflector throughput and turnaround on loopback: prints figures, asserts nothing.
 
     python -m tests.benchmarks.reflector [--seconds 2] [--max-rate 400000] [--no-pin] [--priority 0]
-        [--busy-poll 50] [--receive-batch 16]
+        [--busy-poll 50] [--receive-batch 16] [--send-batch 1]
 
 For unauthenticated and authenticated sessions it finds the highest packet rate the reflector sustains with
 zero loss (every packet sent came back), then measures the turnaround T3 - T2 (from the reply fields, with
@@ -30,6 +30,7 @@ import struct
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from nf.net.reflector import Reflector, ReflectorConfig
@@ -218,12 +219,23 @@ def _generator(
 
 class Bench:
     def __init__(
-        self, mode: SecurityMode, pin: bool, priority: int | None, busy_poll: float, receive_batch: int
+        self,
+        mode: SecurityMode,
+        pin: bool,
+        priority: int | None,
+        busy_poll: float,
+        receive_batch: int,
+        send_batch: int = 1,
     ) -> None:
         self.mode = mode
         self.keys_material = (os.urandom(16), os.urandom(32)) if mode.test_is_protected else None
         keys = TestSessionKeys(*self.keys_material) if self.keys_material else None
-        config = ReflectorConfig(realtime_priority=priority, busy_poll=busy_poll, receive_batch=receive_batch)
+        config = ReflectorConfig(
+            realtime_priority=priority,
+            busy_poll=busy_poll,
+            receive_batch=receive_batch,
+            send_batch=send_batch,
+        )
         self.reflector = Reflector(config)
         port = self.reflector.reserve_port(HOST, 0)
         thread = next(t for t in threading.enumerate() if t.name == f"twamp-reflector-{port}")
@@ -337,46 +349,93 @@ def per_packet_costs() -> None:
         n = 20000
         seconds = min(
             timeit.repeat(
-                functools.partial(engine.reflect, view, len(wire), 1, 64, lambda: 2), number=n, repeat=3
+                functools.partial(engine.reflect, view, len(wire), 1, 64, lambda: 2),
+                number=n,
+                repeat=3,
+                timer=time.thread_time,
             )
         )
         costs.append(f"{mode.value} {seconds / n * 1e6:.1f} us")
+    print(f"per packet, CPU time: reflect() {', '.join(costs)}", flush=True)
+    syscall_floor()
+
+
+def syscall_floor() -> None:
+    """CPU per datagram of the system calls alone on this host (loopback, 105-octet replies, no reader)."""
+    from nf.net.batch_io import BatchReceiver, BatchSender
+
     a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     with a, b:
         a.bind((HOST, 0))
         b.bind((HOST, 0))
-        b.setsockopt(socket.SOL_SOCKET, 33, 64 * 1024 * 1024)
+        b.setsockopt(socket.SOL_SOCKET, 33, 256 * 1024 * 1024)
         b.setsockopt(socket.SOL_SOCKET, 35, 1)
-        payload = bytes(78)
+        b.setsockopt(socket.IPPROTO_IP, 12, 1)
+        b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("@qq", 1, 0))
+        payload = bytes(105)
         target = b.getsockname()
-        n = 20000
-        send = min(timeit.repeat(lambda: a.sendto(payload, target), number=n, repeat=3)) / n
+        family = struct.pack("=H", socket.AF_INET)
+        raw_target = family + target[1].to_bytes(2, "big") + socket.inet_aton(HOST) + bytes(8)
+        n = 16 * 1000
+        clock = time.thread_time
+        sendto = min(timeit_cpu(lambda: a.sendto(payload, target), n, clock)) / n
+        batch = BatchSender(a, 16, 2048)
+
+        def send_batch() -> None:
+            for _ in range(16):
+                batch.add(payload, raw_target)
+            batch.flush()
+
+        sendmmsg = min(timeit_cpu(send_batch, n // 16, clock)) / n
         buf = bytearray(2048)
-        receive = min(timeit.repeat(lambda: b.recvmsg_into([buf], 256), number=n, repeat=1)) / n
+        recvmsg = min(timeit_cpu(lambda: b.recvmsg_into([buf], 256), n, clock)) / n
+        receiver = BatchReceiver(b, 16, 65536)
+        recvmmsg = min(timeit_cpu(receiver.receive, n // 16, clock)) / n
     print(
-        f"per packet: reflect() {', '.join(costs)}; syscalls on this host: sendto {send * 1e6:.1f} us, "
-        f"recvmsg_into {receive * 1e6:.1f} us"
+        f"per datagram, CPU time of the system calls on this host: sendto {sendto * 1e6:.1f} us, "
+        f"sendmmsg x16 {sendmmsg * 1e6:.1f} us, recvmsg_into {recvmsg * 1e6:.1f} us, "
+        f"recvmmsg x16 {recvmmsg * 1e6:.1f} us",
+        flush=True,
     )
+
+
+def timeit_cpu(function: Callable[[], object], number: int, clock: Callable[[], float]) -> list[float]:
+    """Three runs of `number` calls, each timed with `clock`; the datagram queues hold all six runs."""
+    runs = []
+    for _ in range(3):
+        start = clock()
+        for _ in range(number):
+            function()
+        runs.append(clock() - start)
+    return runs
 
 
 def compare_receive(mode: SecurityMode, args: argparse.Namespace) -> None:
-    """CPU per packet at one fixed rate with one recvmsg per datagram and with recvmmsg, alternated."""
-    figures: dict[int, list[str]] = {1: [], args.receive_batch: []}
+    """CPU per packet at one fixed rate with each way of doing the I/O, alternated to share the noise."""
+    variants = {"recvmsg+sendto": (1, 1), "recvmmsg+sendto": (16, 1), "recvmmsg+sendmmsg": (16, 16)}
+    figures: dict[str, list[str]] = {name: [] for name in variants}
     for _ in range(2):
-        for batch in figures:
-            bench = Bench(mode, not args.no_pin, args.priority or None, args.busy_poll / 1e6, batch)
+        for name, (receive_batch, send_batch) in variants.items():
+            bench = Bench(
+                mode, not args.no_pin, args.priority or None, args.busy_poll / 1e6, receive_batch, send_batch
+            )
             try:
+                calls = bench.reflector.totals()
                 trial = bench.trial(args.compare_rate, args.seconds)
+                after = bench.reflector.totals()
             finally:
                 bench.close()
             loss = trial.sent - trial.received
-            figures[batch].append(f"{trial.cpu_us_per_packet:.1f} (loss {loss}, load {trial.load:.2f})")
-    print(
-        f"{mode.value} at {args.compare_rate:,.0f} pps, reflector CPU us/packet: "
-        + "; ".join(f"receive batch {b}: {', '.join(f)}" for b, f in figures.items()),
-        flush=True,
-    )
+            per_receive = trial.reflected / max(1, after.receive_calls - calls.receive_calls)
+            per_send = trial.reflected / max(1, after.send_calls - calls.send_calls)
+            figures[name].append(
+                f"{trial.cpu_us_per_packet:.1f} (loss {loss}, {per_receive:.1f}/recv, {per_send:.1f}/send, "
+                f"load {trial.load:.2f})"
+            )
+    print(f"{mode.value} at {args.compare_rate:,.0f} pps, reflector CPU us/packet:", flush=True)
+    for name, runs in figures.items():
+        print(f"    {name}: {'; '.join(runs)}", flush=True)
 
 
 def main() -> int:
@@ -393,6 +452,7 @@ def main() -> int:
     parser.add_argument(
         "--receive-batch", type=int, default=ReflectorConfig().receive_batch, help="datagrams per recvmmsg"
     )
+    parser.add_argument("--send-batch", type=int, default=1, help="replies per sendmmsg (1: sendto each)")
     parser.add_argument(
         "--compare-rate", type=float, default=30_000, help="rate of the single/batched receive comparison"
     )
@@ -407,7 +467,14 @@ def main() -> int:
     per_packet_costs()
     for mode in (SecurityMode.UNAUTHENTICATED, SecurityMode.AUTHENTICATED):
         compare_receive(mode, args)
-        bench = Bench(mode, not args.no_pin, args.priority or None, args.busy_poll / 1e6, args.receive_batch)
+        bench = Bench(
+            mode,
+            not args.no_pin,
+            args.priority or None,
+            args.busy_poll / 1e6,
+            args.receive_batch,
+            args.send_batch,
+        )
         try:
             timestamps = bench.reflector.totals().kernel_timestamps
             best = find_max_rate(bench, args.seconds, args.max_rate)
