@@ -231,6 +231,16 @@ def test_secrets_are_never_quoted() -> None:
     assert "fingerprint" not in repr(build_plan(_client()))  # digests of secrets stay out of repr too
 
 
+@pytest.mark.parametrize("key_id", ["a\x00b", "\ud800", "k" * 81])
+@pytest.mark.parametrize("role", ["client", "server"])
+def test_a_key_id_the_key_id_field_cannot_carry_is_refused(role: str, key_id: str) -> None:
+    config = template()
+    config["twamp-nf-twamp:twamp"][role]["key-chain"][0]["key-id"] = key_id
+    error = error_of(config)
+    assert error.tag == "invalid-value" and error.path.endswith("/key-id")
+    assert error.message == "key-id must be 1..80 octets of UTF-8 without NUL"
+
+
 def _certificate(directory: Path) -> tuple[Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "me.example")])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 import tempfile
 import threading
@@ -37,8 +38,9 @@ TAGS = {
 class Served:
     """A Runtime and its control socket on an event loop in a background thread."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, runtime: type[Runtime] = Runtime) -> None:
         self.path = path
+        self._runtime_class = runtime
         self.loop = asyncio.new_event_loop()
         self.ready = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -47,7 +49,7 @@ class Served:
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
-        self.runtime = Runtime()
+        self.runtime = self._runtime_class()
         self.server = ControlSocketServer(self.runtime, self.path, MAX_MESSAGE)
         self.loop.run_until_complete(self.server.start())
         self.ready.set()
@@ -176,3 +178,32 @@ def test_unreadable_requests_are_answered_with_id_null(line: Line) -> None:
     for data in (b"{broken\n", b'"text"\n', b'{"id": "7", "op": "hello"}\n', b'{"op": "hello"}\n'):
         reply = check_error(line.exchange(data))
         assert reply["id"] is None and reply["error"]["tag"] == "malformed-message"
+
+
+class _BuggyRuntime(Runtime):
+    """A bug whose exception quotes the request, as a KeyError on a dict holding secrets would."""
+
+    async def validate(self, config: Any) -> None:
+        raise KeyError(json.dumps(config))
+
+
+def test_an_internal_error_never_quotes_the_request(caplog: pytest.LogCaptureFixture) -> None:
+    secret = "c2VjcmV0LW1hcmtlci0xNzA5"  # base64 of a recognisable secret
+    running = Served(str(Path(tempfile.mkdtemp(prefix="rtsock")) / "c.sock"), _BuggyRuntime)
+    connection = Line(running.path)
+    try:
+        with caplog.at_level(logging.DEBUG):
+            request = {"id": 3, "op": "validate", "config": {"twamp-nf-ike:ike": {"psk": secret}}}
+            reply = connection.exchange(json.dumps(request).encode() + b"\n")
+            assert reply == {
+                "id": 3,
+                "ok": False,
+                "error": {"tag": "operation-failed", "message": "internal error (KeyError)"},
+            }
+            assert connection.exchange(b'{"id": 4, "op": "hello", "version": 1}\n') is not None
+    finally:
+        connection.sock.close()
+        running.close()
+    assert "validate failed: internal error (KeyError)" in caplog.text
+    assert "in validate" in caplog.text  # the traceback frames are kept for the bug report
+    assert secret not in caplog.text

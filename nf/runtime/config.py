@@ -359,9 +359,12 @@ def _key_chain(node: _Node) -> KeyChain | None:
     for entry in entries:
         key_id = entry.text("key-id")
         secret = entry.secret("secret-key")
-        if not 0 < len(key_id.encode("utf-8")) <= 80:
-            raise ConfigError("invalid-value", entry.at("key-id"), "key-id must be 1..80 octets of UTF-8")
-        chain.add(key_id, secret)
+        try:
+            chain.add(key_id, secret)
+        except ValueError:  # its text quotes the key-id; ours names the node (UnicodeEncodeError: surrogates)
+            raise ConfigError(
+                "invalid-value", entry.at("key-id"), "key-id must be 1..80 octets of UTF-8 without NUL"
+            ) from None
     return chain
 
 

@@ -17,6 +17,7 @@ import logging
 import os
 import socket
 import stat
+import traceback
 from collections import Counter
 from typing import Any
 
@@ -46,6 +47,12 @@ def _remove_stale_socket(path: str) -> None:
             os.unlink(path)  # nobody listens: stale
             return
     raise OSError(errno.EADDRINUSE, "another runtime is listening there", path)
+
+
+def _log_bug(what: str, exc: BaseException) -> None:
+    """A bug's traceback without the exception's text, which could quote the request and so its secrets."""
+    frames = "".join(traceback.format_tb(exc.__traceback__)).rstrip()
+    log.error("%s: internal error (%s); traceback:\n%s", what, type(exc).__name__, frames)
 
 
 def _error(request_id: Any, tag: str, message: str, path: str | None = None) -> dict[str, Any]:
@@ -129,8 +136,8 @@ class ControlSocketServer:
             pass
         except asyncio.CancelledError:
             pass
-        except Exception:  # a bug costs this connection, never the runtime
-            log.exception("control socket connection failed")
+        except Exception as exc:  # a bug costs this connection, never the runtime
+            _log_bug("control socket connection failed", exc)
         finally:
             client.close()
             writer.close()
@@ -214,8 +221,8 @@ class ControlSocketServer:
                 return {"id": request_id, "ok": True}
         except ConfigError as exc:
             return _error(request_id, exc.tag, exc.message, exc.path)
-        except Exception as exc:  # the runtime stays up; the text names the failure type only
-            log.exception("%s failed", op)
+        except Exception as exc:  # the runtime stays up; reply and log name the failure type only
+            _log_bug(f"{op} failed", exc)
             return _error(request_id, "operation-failed", f"internal error ({type(exc).__name__})")
         return _error(
             request_id, "unknown-element", f"unknown op {op!r}" if isinstance(op, str) else "missing op"
