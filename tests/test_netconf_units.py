@@ -4,6 +4,8 @@ on the real YANG schema, and the libyang conversions."""
 from __future__ import annotations
 
 import json
+import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,9 +19,11 @@ from nf_netconf.errors import RpcError
 from nf_netconf.filters import apply_filter
 from nf_netconf.framing import EOM, FrameDecoder, FramingError, Message, Oversized, encode
 from nf_netconf.nacm import Nacm, Rule
+from nf_netconf.runtime_link import EventStream
 from nf_netconf.schema import Schema, strip_predicates
 from nf_netconf.server import default_yang_dirs
 from nf_netconf.users import UsersFileError, hash_password, load_users, verify_password
+from tests.test_runtime_socket import Served
 
 NC = "urn:ietf:params:xml:ns:netconf:base:1.0"
 TW = "urn:twamp-nf:yang:twamp-nf-twamp"
@@ -305,3 +309,36 @@ def test_fuzz_regressions_replay() -> None:
     assert found
     for case in found:
         fuzz_one(case.read_bytes())  # libyang quoting a cut UTF-8 character: an RpcError, nothing else
+
+
+def test_a_failing_reconnect_hook_is_logged_without_its_text(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The hook re-sends running (secrets included): a bug's exception text must not reach the log."""
+    secret = "c2VjcmV0LXJlY29ubmVjdC0yMDI2"
+    path = str(tmp_path / "rt.sock")
+    calls: list[int] = []
+
+    def reapply() -> None:
+        calls.append(1)
+        raise KeyError(secret)
+
+    runtime = Served(path)
+    stream = EventStream(path, lambda event: None, on_reconnect=reapply, retry_min=0.05, retry_max=0.2)
+    with caplog.at_level(logging.DEBUG):
+        stream.start()
+        try:
+            assert stream.connected.wait(30)
+            runtime.close()  # the runtime goes away and a new one takes its socket: the hook runs
+            runtime = Served(path)
+            deadline = time.monotonic() + 60
+            while not calls and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert stream.connected.wait(30)
+        finally:
+            stream.stop()
+            runtime.close()
+    assert calls
+    assert "reconnect hook failed: internal error (KeyError)" in caplog.text
+    assert "in reapply" in caplog.text
+    assert secret not in caplog.text

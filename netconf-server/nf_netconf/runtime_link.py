@@ -12,6 +12,7 @@ import json
 import logging
 import socket
 import threading
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +20,12 @@ log = logging.getLogger(__name__)
 
 PROTOCOL_VERSION = 1
 MAX_LINE = 16 * 1024 * 1024
+
+
+def _log_bug(what: str, exc: BaseException) -> None:
+    """A bug's traceback without the exception's text: the reconnect hook re-sends running, secrets too."""
+    frames = "".join(traceback.format_tb(exc.__traceback__)).rstrip()
+    log.error("%s: internal error (%s); traceback:\n%s", what, type(exc).__name__, frames)
 
 
 class RuntimeUnavailable(Exception):
@@ -226,8 +233,8 @@ class EventStream:
                 if self._was_connected and self.on_reconnect is not None:
                     try:
                         self.on_reconnect()
-                    except Exception:  # the reconnect hook must not end the stream
-                        log.exception("reconnect hook failed")
+                    except Exception as exc:  # the reconnect hook must not end the stream
+                        _log_bug("reconnect hook failed", exc)
                 self._was_connected = True
                 self.connected.set()
                 delay = self.retry_min
@@ -236,8 +243,8 @@ class EventStream:
                     if "event" in message:
                         try:
                             self.on_event(message)
-                        except Exception:  # one bad event must not end the stream
-                            log.exception("dropping an event the server could not forward")
+                        except Exception as exc:  # one bad event must not end the stream
+                            _log_bug("dropping an event the server could not forward", exc)
             except (RuntimeUnavailable, OSError) as exc:
                 if not self._stop.is_set():
                     log.warning("runtime event stream lost (%s); reconnecting", exc)
