@@ -25,7 +25,9 @@ from nf.twamp.test_packets import (
     TestPacketError,
     TestPacketErrorReason,
     ntp_from_ns,
+    ntp_from_timespec,
     ntp_from_unix,
+    ntp_now,
     unix_from_ntp,
 )
 from nf.twamp.timestamps import decode_timestamp, encode_timestamp
@@ -287,3 +289,9 @@ def test_ntp_from_ns_is_exact_and_agrees_with_the_shared_codec(ns: int) -> None:
 @given(st.floats(0, 2**31, allow_nan=False))
 def test_ntp_from_unix_round_trip(unix: float) -> None:
     assert unix_from_ntp(ntp_from_unix(unix)) == pytest.approx(unix, abs=1e-6)
+
+
+@given(st.integers(0, 2**40), st.integers(0, 999_999_999))
+def test_ntp_from_timespec_and_ntp_now_agree_with_ntp_from_ns(seconds: int, nanos: int) -> None:
+    ns = seconds * 1_000_000_000 + nanos
+    assert ntp_from_timespec(seconds, nanos) == ntp_from_ns(ns) == ntp_now(lambda: ns)

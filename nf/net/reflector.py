@@ -31,6 +31,7 @@ import collections
 import contextlib
 import enum
 import errno
+import functools
 import ipaddress
 import logging
 import os
@@ -57,7 +58,7 @@ from nf.net.socket_options import (
     set_receive_timeout,
     set_send_ttl,
 )
-from nf.twamp.test_packets import TestPacketError, ntp_from_ns
+from nf.twamp.test_packets import TestPacketError, ntp_from_ns, ntp_from_timespec, ntp_now
 from nf.twamp.test_reflector import DropReason, SessionReflector, TokenBucket
 from nf.twamp.test_session import TestSessionParams
 
@@ -139,8 +140,7 @@ def _normal_address(address: str) -> str:
     return ipaddress.ip_address(address.split("%", 1)[0]).compressed
 
 
-def _ntp_now() -> int:
-    return ntp_from_ns(time.time_ns())
+_ntp_now = functools.partial(ntp_now, time.time_ns)
 
 
 @dataclass(eq=False, slots=True)
@@ -259,7 +259,6 @@ class _Port:
         sock = self.sock
         sendto = sock.sendto
         monotonic = time.monotonic
-        time_ns = time.time_ns
         ntp_now = _ntp_now
         sol_socket = socket.SOL_SOCKET
         scm_timestampns = SCM_TIMESTAMPNS
@@ -302,26 +301,24 @@ class _Port:
                 namelen, controllen, _flags, nbytes = result(headers, i * header_size)
                 at = i * control_size
                 ttl = TEST_TTL
+                receive_ntp = 0
                 if controllen == usual_length:
                     _l1, level, kind, seconds, nanos, _l2, _level2, kind2, ttl_found = usual(control, at)
-                    stamp = (
-                        seconds * 1_000_000_000 + nanos
-                        if level == sol_socket and kind == scm_timestampns
-                        else 0
-                    )
+                    if level == sol_socket and kind == scm_timestampns:
+                        receive_ntp = ntp_from_timespec(seconds, nanos)
                     if kind2 in ttl_kinds:
                         ttl = ttl_found
                 else:
-                    stamp = 0
                     for level, kind, data in batch_io.parse_control(control, at, controllen):
                         if level == sol_socket and kind == scm_timestampns and len(data) >= 16:
-                            stamp = int.from_bytes(data[:8], sys.byteorder) * 1_000_000_000 + int.from_bytes(
-                                data[8:16], sys.byteorder
+                            receive_ntp = ntp_from_timespec(
+                                int.from_bytes(data[:8], sys.byteorder),
+                                int.from_bytes(data[8:16], sys.byteorder),
                             )
                         elif kind in ttl_kinds and len(data) >= 4:
                             ttl = int.from_bytes(data[:4], sys.byteorder)
-                if not stamp:
-                    stamp = time_ns()
+                if not receive_ntp:  # no kernel timestamp: now is the best arrival time there is
+                    receive_ntp = ntp_now()
                 start = i * name_size
                 raw = bytes(names[start : start + namelen])
                 found = cache.get(raw)
@@ -357,7 +354,7 @@ class _Port:
                     continue
                 session.last_activity = now
                 try:
-                    reply = engine.reflect(views[i], nbytes, ntp_from_ns(stamp), ttl, ntp_now)
+                    reply = engine.reflect(views[i], nbytes, receive_ntp, ttl, ntp_now)
                 except TestPacketError as exc:
                     self.drop(session, DropReason.of(exc), str(exc), addr)
                     continue

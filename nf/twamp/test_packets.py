@@ -15,6 +15,7 @@ from __future__ import annotations
 import enum
 import hmac
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from nf.twamp.modes import SecurityMode
@@ -35,7 +36,9 @@ __all__ = [
     "TestPacketError",
     "TestPacketErrorReason",
     "ntp_from_ns",
+    "ntp_from_timespec",
     "ntp_from_unix",
+    "ntp_now",
     "unix_from_ntp",
 ]
 
@@ -60,6 +63,16 @@ def ntp_from_ns(unix_ns: int) -> int:
     fraction floored), and the mask wraps the seconds into the NTP era like the 32-bit field does.
     """
     return (((unix_ns + _NTP_UNIX_OFFSET_NS) << 32) // 1_000_000_000) & 0xFFFFFFFFFFFFFFFF
+
+
+def ntp_now(time_ns: Callable[[], int]) -> int:
+    """ntp_from_ns(time_ns()) in one call (the clock is injected): the reflector's T3 clock, per packet."""
+    return (((time_ns() + _NTP_UNIX_OFFSET_NS) << 32) // 1_000_000_000) & 0xFFFFFFFFFFFFFFFF
+
+
+def ntp_from_timespec(seconds: int, nanos: int) -> int:
+    """ntp_from_ns of a kernel timespec without first joining it into nanoseconds."""
+    return (((seconds + NTP_UNIX_OFFSET) & 0xFFFFFFFF) << 32) | ((nanos << 32) // 1_000_000_000)
 
 
 def unix_from_ntp(ntp: int) -> float:
