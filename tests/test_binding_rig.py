@@ -8,9 +8,10 @@ Everything binds 127.0.0.1 (or ::1) on kernel-chosen ports and is closed by `Rig
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass, field
 
 from nf.binding import (
@@ -22,11 +23,9 @@ from nf.binding import (
     UnknownSA,
     client_config,
 )
-from nf.ike.auth import PreSharedKey, Signer
-from nf.ike.certificates import TrustAnchors, load_certificates
+from nf.ike.auth import PreSharedKey
 from nf.ike.exchanges import PeerConfig
 from nf.ike.identities import Identity
-from nf.ike.proposals import parse_proposals
 from nf.net.control_connector import ControlConnection, MeasurementConfig
 from nf.net.control_listener import ControlListener
 from nf.net.ike_endpoint import IKEEndpoint, open_ike_endpoint
@@ -39,40 +38,29 @@ from nf.twamp.control_server import ServerConfig
 from nf.twamp.keysource import KeyChain
 from nf.twamp.modes import Accept, Modes, SecurityMode
 from nf.twamp.test_session import TestSessionParams
+from tests import ike_peers
 from tests.strongswan_peer import CharonPKI
 
 PSK = PreSharedKey(b"binding wire test secret, long enough")
 CLIENT_ID, SERVER_ID = "client.test", "server.test"
 KEYCHAIN = KeyChain({"fallback": b"key-chain secret for the fallback"})
-OFFERED = (
-    Modes.UNAUTHENTICATED | Modes.AUTHENTICATED | Modes.ENCRYPTED | Modes.MIXED | Modes.IKEV2_DERIVED
-)
+OFFERED = Modes.UNAUTHENTICATED | Modes.AUTHENTICATED | Modes.ENCRYPTED | Modes.MIXED | Modes.IKEV2_DERIVED
 IKEV2_AUTH = Modes.AUTHENTICATED | Modes.IKEV2_DERIVED  # 130
 IKEV2_ENC = Modes.ENCRYPTED | Modes.IKEV2_DERIVED  # 132
 IKEV2_MIXED = Modes.MIXED | Modes.IKEV2_DERIVED  # 136
 
 
-def psk_peer(local: str, remote: str, proposals: str = "aes128gcm16-prfsha256-x25519") -> PeerConfig:
-    return PeerConfig(Identity.parse(local), Identity.parse(remote), parse_proposals(proposals), psk=PSK)
+def psk_peer(local: str, remote: str) -> PeerConfig:
+    return ike_peers.psk_peer(local, remote, PSK)
 
 
-def cert_peer(pki: CharonPKI, local: str, remote: str, proposals: str = "aes256-sha384-ecp384") -> PeerConfig:
-    ident = pki.identity(local)
-    return PeerConfig(
-        Identity.parse(local),
-        Identity.parse(remote),
-        parse_proposals(proposals),
-        signer=Signer.from_file(str(ident.key)),
-        certificates=tuple(load_certificates(str(ident.cert))),
-        trust=TrustAnchors.from_files(str(pki.ca_cert)),
-    )
+def cert_peer(pki: CharonPKI, local: str, remote: str) -> PeerConfig:
+    return ike_peers.cert_peer(pki, local, remote, "aes256-sha384-ecp384")
 
 
 def run(coro: Awaitable[None], timeout: float = 150.0) -> None:
-    async def guarded() -> None:
-        await asyncio.wait_for(coro, timeout)
-
-    asyncio.run(guarded())
+    """Longer than the IKE tests' bound: a TWAMP session runs on top of the IKE SA."""
+    ike_peers.run(coro, timeout)
 
 
 @dataclass
@@ -116,6 +104,12 @@ class Rig:
         self.bindings.append(binding)
         return binding
 
+    async def __aenter__(self) -> Rig:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
     async def close(self) -> None:
         for binding in self.bindings:
             binding.close()
@@ -135,6 +129,16 @@ class Rig:
         connection = ControlConnection(self.measurement(config), rng=os.urandom)
         await connection.connect()
         return connection
+
+    @contextlib.asynccontextmanager
+    async def connected(
+        self, keying: SAKeying | None, chain: Sequence[Modes]
+    ) -> AsyncIterator[ControlConnection]:
+        connection = await self.connect(keying, chain)
+        try:
+            yield connection
+        finally:
+            await connection.close()
 
 
 async def setup(connection: ControlConnection) -> SetupCompleted:

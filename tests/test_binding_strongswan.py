@@ -19,11 +19,9 @@ from typing import TypeVar
 import pytest
 
 from nf.binding import ClientBinding, ClientPeer, NoSAPolicy, ServerBinding
-from nf.ike.auth import PreSharedKey, Signer
-from nf.ike.certificates import TrustAnchors, load_certificates
+from nf.ike.auth import PreSharedKey
 from nf.ike.exchanges import PeerConfig
 from nf.ike.identities import Identity
-from nf.ike.proposals import parse_proposals
 from nf.net.control_connector import ControlConnection, MeasurementConfig
 from nf.net.control_listener import ControlListener
 from nf.net.ike_endpoint import open_ike_endpoint
@@ -33,6 +31,7 @@ from nf.twamp.control_client import ClientConfig
 from nf.twamp.control_server import ServerConfig
 from nf.twamp.keysource import SharedSecret
 from nf.twamp.modes import Modes, SecurityMode
+from tests.ike_peers import cert_peer, psk_peer
 from tests.strongswan_peer import Charon, CharonPKI, Connection, make_pki
 from tests.test_binding_rig import IKEV2_AUTH, run, run_test_session, setup
 
@@ -69,18 +68,9 @@ async def in_thread(func: Callable[[], T]) -> T:
 
 
 def our_peer(pki: CharonPKI, auth: str, proposals: str) -> PeerConfig:
-    ours, theirs = Identity.parse(OUR_ID), Identity.parse(CHARON_ID)
     if auth == "psk":
-        return PeerConfig(ours, theirs, parse_proposals(proposals), psk=PreSharedKey(PSK))
-    ident = pki.identity(OUR_ID)
-    return PeerConfig(
-        ours,
-        theirs,
-        parse_proposals(proposals),
-        signer=Signer.from_file(str(ident.key)),
-        certificates=tuple(load_certificates(str(ident.cert))),
-        trust=TrustAnchors.from_files(str(pki.ca_cert)),
-    )
+        return psk_peer(OUR_ID, CHARON_ID, PreSharedKey(PSK), proposals)
+    return cert_peer(pki, OUR_ID, CHARON_ID, proposals)
 
 
 @pytest.mark.parametrize(

@@ -30,7 +30,7 @@ from nf.ike.exchanges import PeerConfig
 from nf.ike.identities import Identity
 from nf.ike.proposals import parse_proposals
 from nf.ike.sa import Established, Rekeyed
-from nf.net.control_connector import ControlClientError, ControlConnection
+from nf.net.control_connector import ControlClientError
 from nf.twamp.control_events import ControlFailure
 from nf.twamp.keysource import SharedSecret
 from nf.twamp.modes import Accept, Modes
@@ -113,8 +113,7 @@ def test_ikev2_derived_session_in_every_protected_mode(pki: CharonPKI, auth: str
 
 def test_unknown_spis_get_accept_6_counted_and_reported() -> None:
     async def scenario() -> None:
-        rig = await psk_rig()
-        try:
+        async with await psk_rig() as rig:
             await establish(rig)
             stranger = SAKeying((os.urandom(8), os.urandom(8)), SharedSecret(os.urandom(32)))
             connection = await rig.connect(stranger, (IKEV2_AUTH,))
@@ -143,26 +142,20 @@ def test_unknown_spis_get_accept_6_counted_and_reported() -> None:
             ]
             assert f"from 127.0.0.1 port {client_port}: no-sa" in str(rig.unknown[0])
             assert rig.listener.counters.bad_input == {"unknown-sa": 1}
-        finally:
-            await rig.close()
 
     run(scenario())
 
 
 def test_sa_of_a_peer_not_allowed_is_unknown() -> None:
     async def scenario() -> None:
-        rig = await psk_rig(allowed=("someone-else.test",))
-        try:
+        async with await psk_rig(allowed=("someone-else.test",)) as rig:
             binding = rig.client_binding()
             await establish(rig)
             keying = await binding.keying()
             assert keying is not None
-            connection = await rig.connect(keying, (IKEV2_ENC,))
-            try:
+            async with rig.connected(keying, (IKEV2_ENC,)) as connection:
                 with pytest.raises(ControlClientError) as failure:
                     await setup(connection)
-            finally:
-                await connection.close()
             assert failure.value.accept is Accept.UNKNOWN_SA
             assert [(u.reason, u.peer_id) for u in rig.unknown] == [
                 (UnknownSAReason.PEER_NOT_ALLOWED, CLIENT_ID)
@@ -170,28 +163,21 @@ def test_sa_of_a_peer_not_allowed_is_unknown() -> None:
             # allowing the peer (a configuration change) lets the next connection in
             allowed = [Identity.parse("someone-else.test"), Identity.parse(CLIENT_ID)]
             rig.server_binding.set_allowed_peers(allowed)
-            connection = await rig.connect(keying, (IKEV2_ENC,))
-            try:
+            async with rig.connected(keying, (IKEV2_ENC,)) as connection:
                 await setup(connection)
-            finally:
-                await connection.close()
             assert rig.server_binding.counters() == {"served": 1, "peer-not-allowed": 1}
-        finally:
-            await rig.close()
 
     run(scenario())
 
 
 def test_rekey_keeps_the_running_connection_and_new_connections_use_new_spis() -> None:
     async def scenario() -> None:
-        rig = await psk_rig()
-        try:
+        async with await psk_rig() as rig:
             binding = rig.client_binding()
             established = await establish(rig)
             old = await binding.keying()
             assert old is not None and old.spis == established.spis
-            running = await rig.connect(old, (IKEV2_AUTH,))
-            try:
+            async with rig.connected(old, (IKEV2_AUTH,)) as running:
                 await setup(running)
                 sa = rig.client_ike.lookup(*established.spis)
                 assert sa is not None
@@ -202,78 +188,58 @@ def test_rekey_keeps_the_running_connection_and_new_connections_use_new_spis() -
                 assert (await during).received == 40
                 await gone(rig, established.spis)
                 # the old SA is gone on both ends; a new connection naming it is refused ...
-                stale = await rig.connect(old, (IKEV2_AUTH,))
-                try:
+                async with rig.connected(old, (IKEV2_AUTH,)) as stale:
                     with pytest.raises(ControlClientError) as failure:
                         await setup(stale)
-                finally:
-                    await stale.close()
                 assert failure.value.accept is Accept.UNKNOWN_SA
                 # ... while the running connection still works with the keys set up from it (R10)
                 result = await run_test_session(running)
                 assert result.received == result.sent == 5
                 new = await binding.keying()
                 assert new is not None and new.spis == rekeyed.new_spis != old.spis
-                fresh = await rig.connect(new, (IKEV2_AUTH,))
-                try:
+                async with rig.connected(new, (IKEV2_AUTH,)) as fresh:
                     done = await setup(fresh)
                     assert done.key_id == new.key_id
                     assert (await run_test_session(fresh)).received == 5
-                finally:
-                    await fresh.close()
                 # the old snapshot keeps its own secret, which differs from the new SA's
                 assert old.secret_for(old.key_id) != new.secret_for(new.key_id)
-            finally:
-                await running.close()
             assert rig.server_binding.counters() == {"served": 2, "no-sa": 1}
             assert rig.listener.counters.sessions["accepted"] == 3
-        finally:
-            await rig.close()
 
     run(scenario())
 
 
 def test_deleted_sa_refuses_new_connections_while_the_running_one_finishes() -> None:
     async def scenario() -> None:
-        rig = await psk_rig()
-        try:
+        async with await psk_rig() as rig:
             binding = rig.client_binding(NoSAPolicy.FAIL)
             established = await establish(rig)
             keying = await binding.keying()
             assert keying is not None
-            running = await rig.connect(keying, (IKEV2_ENC,))
-            try:
+            async with rig.connected(keying, (IKEV2_ENC,)) as running:
                 await setup(running)
                 sa = rig.client_ike.lookup(*established.spis)
                 assert sa is not None
                 await rig.client_ike.delete(sa)
                 await gone(rig, established.spis)
-                stale = await rig.connect(keying, (IKEV2_ENC,))
-                try:
+                async with rig.connected(keying, (IKEV2_ENC,)) as stale:
                     with pytest.raises(ControlClientError) as failure:
                         await setup(stale)
-                finally:
-                    await stale.close()
                 assert failure.value.accept is Accept.UNKNOWN_SA
                 result = await run_test_session(running)
                 assert result.received == result.sent == 5
-            finally:
-                await running.close()
             assert rig.server_binding.counters() == {"served": 1, "no-sa": 1}
             assert [u.spi_i + u.spi_r for u in rig.unknown] == [keying.key_id]
             # no SA any more: policy fail refuses to connect at all
             with pytest.raises(NoIKESA, match="no-sa-policy fail"):
                 await binding.keying()
-        finally:
-            await rig.close()
 
     run(scenario())
 
 
 def test_newest_sa_is_current_and_an_older_one_takes_over_when_it_goes() -> None:
     async def scenario() -> None:
-        rig = await psk_rig()
-        try:
+        async with await psk_rig() as rig:
             binding = rig.client_binding(NoSAPolicy.FAIL)
             first, second = await establish(rig), await establish(rig)
             keying = await binding.keying()
@@ -285,21 +251,15 @@ def test_newest_sa_is_current_and_an_older_one_takes_over_when_it_goes() -> None
             assert older is not None and older.spis == first.spis
             spis = f"{first.spis[0].hex()}_i/{first.spis[1].hex()}_r"
             assert repr(binding) == f"ClientBinding(server, fail, current={spis})"
-            connection = await rig.connect(older, (IKEV2_ENC,))
-            try:
+            async with rig.connected(older, (IKEV2_ENC,)) as connection:
                 assert (await setup(connection)).key_id == older.key_id
-            finally:
-                await connection.close()
-        finally:
-            await rig.close()
 
     run(scenario())
 
 
 def test_no_sa_initiate_and_wait() -> None:
     async def scenario() -> None:
-        rig = await psk_rig()
-        try:
+        async with await psk_rig() as rig:
             binding = rig.client_binding(NoSAPolicy.INITIATE)
             assert binding.current() is None
             # two connections at once share one initiation
@@ -307,29 +267,21 @@ def test_no_sa_initiate_and_wait() -> None:
             assert first is not None and second is not None and first.spis == second.spis
             assert binding.counters["initiated"] == 1
             assert rig.server_ike.lookup(*first.spis) is not None
-            connection = await rig.connect(first, (IKEV2_MIXED,))
-            try:
+            async with rig.connected(first, (IKEV2_MIXED,)) as connection:
                 await setup(connection)
                 assert (await run_test_session(connection)).received == 5
-            finally:
-                await connection.close()
-        finally:
-            await rig.close()
 
     run(scenario())
 
 
 def test_no_sa_initiate_fails_when_the_peer_does_not_answer() -> None:
     async def scenario() -> None:
-        rig = await psk_rig()
-        try:
+        async with await psk_rig() as rig:
             binding = rig.client_binding(NoSAPolicy.INITIATE, timeout=1.0)
             rig.server_ike.close()  # nobody answers IKE_SA_INIT any more
             with pytest.raises(NoIKESA, match="no IKE SA with server within 1 s"):
                 await binding.keying()
             assert binding.counters["failed"] == binding.counters["initiated"] == 1
-        finally:
-            await rig.close()
 
     run(scenario())
 
@@ -342,78 +294,60 @@ def test_no_sa_initiate_reports_why_the_ike_sa_failed() -> None:
             parse_proposals("aes128gcm16-prfsha256-x25519"),
             psk=PreSharedKey(b"not the server's pre-shared key at all"),
         )
-        rig = await Rig.open(wrong, psk_peer(SERVER_ID, "%any"))
-        try:
+        async with await Rig.open(wrong, psk_peer(SERVER_ID, "%any")) as rig:
             binding = rig.client_binding(NoSAPolicy.INITIATE)
             with pytest.raises(NoIKESA, match="IKE SA with server failed: ") as failure:
                 await binding.keying()
             assert "not the server" not in str(failure.value)
             assert binding.counters["failed"] == 1 and binding.current() is None
-        finally:
-            await rig.close()
 
     run(scenario())
 
 
 def test_no_sa_initiate_fails_cleanly_when_our_endpoint_is_gone() -> None:
     async def scenario() -> None:
-        rig = await psk_rig()
-        try:
+        async with await psk_rig() as rig:
             binding = rig.client_binding(NoSAPolicy.INITIATE)
             rig.client_ike.close()
             with pytest.raises(NoIKESA, match="could not be initiated: RuntimeError: endpoint is closed"):
                 await binding.keying()
             assert binding.counters["failed"] == 1
-        finally:
-            await rig.close()
 
     run(scenario())
 
 
 def test_waiting_client_is_woken_by_an_sa_the_peer_initiates() -> None:
     async def scenario() -> None:
-        rig = await Rig.open(psk_peer(CLIENT_ID, SERVER_ID), psk_peer(SERVER_ID, CLIENT_ID))
-        try:
+        async with await Rig.open(psk_peer(CLIENT_ID, SERVER_ID), psk_peer(SERVER_ID, CLIENT_ID)) as rig:
             binding = rig.client_binding()
             waiting = asyncio.ensure_future(binding.wait_established(60.0))
             event = await rig.server_ike.initiate(rig.client_ike.local, psk_peer(SERVER_ID, CLIENT_ID), 60.0)
             assert isinstance(event, Established)
             keying = await waiting
             assert keying is not None and keying.spis == event.spis
-            connection = await rig.connect(keying, (IKEV2_AUTH,))
-            try:
+            async with rig.connected(keying, (IKEV2_AUTH,)) as connection:
                 assert (await setup(connection)).key_id == keying.key_id
-            finally:
-                await connection.close()
-        finally:
-            await rig.close()
 
     run(scenario())
 
 
 def test_no_sa_fallback_uses_the_key_chain_mode() -> None:
     async def scenario() -> None:
-        rig = await psk_rig()
-        try:
+        async with await psk_rig() as rig:
             binding = rig.client_binding(NoSAPolicy.FALLBACK)
             fallbacks: list[KeyingFallback] = []
             binding.add_observer(fallbacks.append)
             keying = await binding.keying()
             assert keying is None
             assert fallbacks == [KeyingFallback("server", "no IKE SA; using key-chain modes")]
-            connection = await rig.connect(keying, (IKEV2_AUTH, Modes.ENCRYPTED))
-            try:
+            async with rig.connected(keying, (IKEV2_AUTH, Modes.ENCRYPTED)) as connection:
                 done = await setup(connection)
                 assert int(done.mode) == int(Modes.ENCRYPTED) and done.key_id == b"fallback"
                 assert (await run_test_session(connection)).received == 5
-            finally:
-                await connection.close()
             assert rig.server_binding.counters() == {"served": 0}
             assert binding.counters["fallback"] == 1 and rig.listener.counters.modes == {"encrypted": 1}
             with pytest.raises(NoIKESA, match="without ikev2-derived"):
                 client_config(None, (IKEV2_AUTH,), key_id=b"fallback", key_source=KEYCHAIN)
-        finally:
-            await rig.close()
 
     run(scenario())
 
@@ -422,8 +356,7 @@ def test_accept_6_makes_the_client_initiate_a_fresh_sa() -> None:
     """Q5: a server that lost the SA answers 6; the client stops naming it; initiate makes a new one."""
 
     async def scenario() -> None:
-        rig = await psk_rig()
-        try:
+        async with await psk_rig() as rig:
             binding = rig.client_binding(NoSAPolicy.INITIATE)
             established = await establish(rig)
             server_sa = rig.server_ike.lookup(*established.spis)
@@ -432,24 +365,16 @@ def test_accept_6_makes_the_client_initiate_a_fresh_sa() -> None:
             rig.server_ike.engine.registry.remove(server_sa)  # the server forgets the SA (e.g. a restart)
             keying = await binding.keying()
             assert keying is not None
-            connection: ControlConnection = await rig.connect(keying, (IKEV2_AUTH,))
-            try:
+            async with rig.connected(keying, (IKEV2_AUTH,)) as connection:
                 with pytest.raises(ControlClientError) as failure:
                     await setup(connection)
-            finally:
-                await connection.close()
             assert failure.value.reason is ControlFailure.UNKNOWN_SA
             binding.server_rejected(keying)
             fresh = await binding.keying()
             assert fresh is not None and fresh.spis != keying.spis and binding.counters["initiated"] == 1
-            connection = await rig.connect(fresh, (IKEV2_AUTH,))
-            try:
+            async with rig.connected(fresh, (IKEV2_AUTH,)) as connection:
                 await setup(connection)
-            finally:
-                await connection.close()
             assert rig.server_binding.counters() == {"served": 1, "no-sa": 1}
-        finally:
-            await rig.close()
 
     run(scenario())
 
@@ -497,18 +422,12 @@ def test_wireshark_sees_the_ike_header_spis_as_the_key_id(capture: Any) -> None:
             await establish(rig)
             keying = await binding.keying()
             assert keying is not None
-            connection = await rig.connect(keying, (IKEV2_AUTH,))
-            try:
+            async with rig.connected(keying, (IKEV2_AUTH,)) as connection:
                 await setup(connection)
-            finally:
-                await connection.close()
             stranger = SAKeying((os.urandom(8), os.urandom(8)), SharedSecret(os.urandom(20)))
-            refused = await rig.connect(stranger, (IKEV2_AUTH,))
-            try:
+            async with rig.connected(stranger, (IKEV2_AUTH,)) as refused:
                 with pytest.raises(ControlClientError):
                     await setup(refused)
-            finally:
-                await refused.close()
             found.update(pcap=await asyncio.to_thread(cap.stop), keying=keying, stranger=stranger)
             found.update(ike=ike, port=rig.port)
         finally:

@@ -13,22 +13,20 @@ import re
 import socket
 import subprocess
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
 import pytest
 
-from nf.ike.auth import PreSharedKey, Signer
-from nf.ike.certificates import TrustAnchors, load_certificates
+from nf.ike.auth import PreSharedKey
 from nf.ike.counters import Reason
 from nf.ike.exchanges import IKEEngine, Limits, PeerConfig
-from nf.ike.identities import Identity
 from nf.ike.message import ExchangeType, decode_header, unframe
-from nf.ike.proposals import parse_proposals
 from nf.ike.sa import Deleted, Established, Event, Failed, Rekeyed, SAState
 from nf.net.ike_endpoint import IKEEndpoint, open_ike_endpoint
 from nf.twamp.keysource import SharedSecret
+from tests.ike_peers import cert_peer, psk_peer, run
 from tests.strongswan_peer import Charon, CharonError, CharonPKI, Connection, make_pki
 
 pytestmark = pytest.mark.strongswan
@@ -84,18 +82,8 @@ def charon_pss() -> Iterator[Charon]:
 def our_config(pki: CharonPKI, auth: str, proposals: str, psk: bytes = PSK) -> PeerConfig:
     sw, py = IDS[auth]
     if auth == "psk":
-        return PeerConfig(
-            Identity.parse(py), Identity.parse(sw), parse_proposals(proposals), psk=PreSharedKey(psk)
-        )
-    ident = pki.identity(py)
-    return PeerConfig(
-        Identity.parse(py),
-        Identity.parse(sw),
-        parse_proposals(proposals),
-        signer=Signer.from_file(str(ident.key), rsa_pss=auth == "rsa-pss"),
-        certificates=tuple(load_certificates(str(ident.cert))),
-        trust=TrustAnchors.from_files(str(pki.ca_cert)),
-    )
+        return psk_peer(py, sw, PreSharedKey(psk), proposals)
+    return cert_peer(pki, py, sw, proposals, rsa_pss=auth == "rsa-pss")
 
 
 def charon_conn(
@@ -143,19 +131,13 @@ class Recorder:
             await asyncio.sleep(0.02)
 
 
-def run(coro: Awaitable[None]) -> None:
-    async def guarded() -> None:
-        await asyncio.wait_for(coro, 110)
-
-    asyncio.run(guarded())
-
-
 @pytest.mark.parametrize(("auth", "proposals"), MATRIX)
 @pytest.mark.parametrize("we_initiate", [True, False], ids=["py-initiator", "charon-initiator"])
 def test_childless_sa_with_charon(
     request: pytest.FixtureRequest, pki: CharonPKI, auth: str, proposals: str, we_initiate: bool
 ) -> None:
     charon: Charon = request.getfixturevalue("charon_pss" if auth == "rsa-pss" else "charon")
+
     async def scenario() -> None:
         config = our_config(pki, auth, proposals)
         endpoint = await open_ike_endpoint(("127.0.0.1", 0), peers=[config])
@@ -361,15 +343,7 @@ def test_untrusted_certificate_is_authentication_failed(
     proposals = "aes256gcm16-prfsha384-ecp256"
 
     async def scenario() -> None:
-        ident = pki.identity("py-ec.test")
-        config = PeerConfig(
-            Identity.parse("py-ec.test"),
-            Identity.parse("sw-ec.test"),
-            parse_proposals(proposals),
-            signer=Signer.from_file(str(ident.key)),
-            certificates=tuple(load_certificates(str(ident.cert))),
-            trust=TrustAnchors.from_files(str(other.ca_cert)),
-        )
+        config = cert_peer(pki, "py-ec.test", "sw-ec.test", proposals, trust=other)
         endpoint = await open_ike_endpoint(("127.0.0.1", 0), peers=[config])
         try:
             await in_thread(lambda: charon_conn(charon, pki, "ecdsa", proposals, endpoint.local[1]))

@@ -10,52 +10,30 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from nf.ike.auth import PreSharedKey, Signer
-from nf.ike.certificates import TrustAnchors, load_certificates
+from nf.ike.auth import PreSharedKey
 from nf.ike.counters import Reason
 from nf.ike.exchanges import IKEEngine, Limits, PeerConfig
-from nf.ike.identities import Identity
-from nf.ike.proposals import parse_proposals
 from nf.ike.sa import Deleted, Established, Event, Rekeyed, SAState
 from nf.net.ike_endpoint import Lifetimes, open_ike_endpoint
 from tests.conftest import can_capture, tshark
+from tests.ike_peers import cert_peer, psk_peer, run
 from tests.strongswan_peer import CharonPKI, make_pki
 
 PSK = PreSharedKey(b"wire test secret, at least long enough")
 
 
-def psk_config(local: str, remote: str, proposals: str = "aes128gcm16-prfsha256-x25519") -> PeerConfig:
-    return PeerConfig(Identity.parse(local), Identity.parse(remote), parse_proposals(proposals), psk=PSK)
-
-
-def cert_config(pki: CharonPKI, local: str, remote: str, proposals: str) -> PeerConfig:
-    ident = pki.identity(local)
-    return PeerConfig(
-        Identity.parse(local),
-        Identity.parse(remote),
-        parse_proposals(proposals),
-        signer=Signer.from_file(str(ident.key)),
-        certificates=tuple(load_certificates(str(ident.cert))),
-        trust=TrustAnchors.from_files(str(pki.ca_cert)),
-    )
+def psk_config(local: str, remote: str) -> PeerConfig:
+    return psk_peer(local, remote, PSK)
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> CharonPKI:
     return make_pki(tmp_path_factory.mktemp("pki"), {"left.test": "ed25519", "right.test": "rsa"})
-
-
-def run(coro: Awaitable[None]) -> None:
-    async def guarded() -> None:
-        await asyncio.wait_for(coro, 110)
-
-    asyncio.run(guarded())
 
 
 async def wait_for(endpoint_events: list[Event], kind: type[Any], timeout: float = 60.0) -> Any:
@@ -83,8 +61,8 @@ def test_ours_to_ours_establish_rekey_delete(pki: CharonPKI, host: str, auth: st
             left_cfg, right_cfg = psk_config("left.test", "right.test"), psk_config("right.test", "%any")
         else:
             proposals = "aes256-sha384-ecp384"
-            left_cfg = cert_config(pki, "left.test", "right.test", proposals)
-            right_cfg = cert_config(pki, "right.test", "%any", proposals)
+            left_cfg = cert_peer(pki, "left.test", "right.test", proposals)
+            right_cfg = cert_peer(pki, "right.test", "%any", proposals)
         left = await open_ike_endpoint((host, 0), peers=[left_cfg])
         right = await open_ike_endpoint((host, 0), peers=[right_cfg])
         right_events: list[Event] = []
@@ -264,8 +242,8 @@ def test_tshark_decodes_our_ike_sa_init_and_ike_auth(
             left_cfg, right_cfg = psk_config("left.test", "right.test"), psk_config("right.test", "left.test")
         else:
             proposals = "aes256gcm16-prfsha384-ecp256"
-            left_cfg = cert_config(pki, "left.test", "right.test", proposals)
-            right_cfg = cert_config(pki, "right.test", "left.test", proposals)
+            left_cfg = cert_peer(pki, "left.test", "right.test", proposals)
+            right_cfg = cert_peer(pki, "right.test", "left.test", proposals)
         left = await open_ike_endpoint(("127.0.0.1", left_port), peers=[left_cfg])
         right = await open_ike_endpoint(("127.0.0.1", right_port), peers=[right_cfg])
         try:
