@@ -160,7 +160,7 @@ USUAL_CONTROL_LENGTH = socket.CMSG_SPACE(16) + socket.CMSG_SPACE(4)
 def parse_control(control: memoryview, offset: int, length: int) -> list[tuple[int, int, bytes]]:
     """The control messages of one datagram as recvmsg would list them (level, type, data)."""
     found = []
-    end = offset + min(length, _CONTROL_SIZE)
+    end = min(offset + min(length, _CONTROL_SIZE), len(control))
     while offset + _CMSG_HEADER.size <= end:
         cmsg_len, level, kind = _CMSG_HEADER.unpack_from(control, offset)
         if cmsg_len < _CMSG_HEADER.size or offset + cmsg_len > end:
@@ -171,7 +171,12 @@ def parse_control(control: memoryview, offset: int, length: int) -> list[tuple[i
 
 
 def decode_name(names: memoryview, offset: int, length: int) -> tuple[str, int] | tuple[str, int, int, int]:
-    """A sockaddr as the socket module gives it: (host, port) or (host, port, flowinfo, scope_id)."""
+    """A sockaddr as the socket module gives it: (host, port) or (host, port, flowinfo, scope_id).
+
+    Raises OSError for an address that is too short or of another family.
+    """
+    if length < 2 or offset + length > len(names):
+        raise OSError(errno.EINVAL, f"a {length}-octet address")
     (family,) = struct.unpack_from("=H", names, offset)
     if family == socket.AF_INET and length >= 8:
         return socket.inet_ntop(socket.AF_INET, names[offset + 4 : offset + 8]), int.from_bytes(
