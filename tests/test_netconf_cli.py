@@ -12,11 +12,10 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from ncclient import manager
 
 from nf_netconf.server import NetconfApp, ServerConfig
 from nf_netconf.users import verify_password
-from tests.test_netconf_harness import PASSWORD, WAIT, FakeRuntime, users_toml
+from tests.test_netconf_harness import WAIT, FakeRuntime, netconf_connect, users_toml
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "nf.cli", "netconf"]
@@ -54,16 +53,7 @@ def test_netconf_command_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
         assert line.startswith("twamp-nf netconf: listening on 127.0.0.1:"), line
         port = int(line.rsplit(":", 1)[1])
         assert (tmp_path / "hostkey").stat().st_mode & 0o777 == 0o600
-        m = manager.connect(
-            host="127.0.0.1",
-            port=port,
-            username="admin",
-            password=PASSWORD,
-            hostkey_verify=False,
-            allow_agent=False,
-            look_for_keys=False,
-            timeout=WAIT,
-        )
+        m = netconf_connect(port)
         assert "data" in m.get_config("running").xml
         m.close_session()
         proc.send_signal(signal.SIGTERM)
@@ -121,16 +111,7 @@ def test_listens_only_on_the_given_address(tmp_path: Path) -> None:
     )
     app.start()
     try:
-        m = manager.connect(
-            host="::1",
-            port=app.port,
-            username="admin",
-            password=PASSWORD,
-            hostkey_verify=False,
-            allow_agent=False,
-            look_for_keys=False,
-            timeout=WAIT,
-        )
+        m = netconf_connect(app.port, host="::1")
         assert m.session_id is not None
         m.close_session()
         with (

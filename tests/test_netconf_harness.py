@@ -133,6 +133,23 @@ class FakeRuntime:
             thread.join(timeout=WAIT)
 
 
+def netconf_connect(
+    port: int, host: str = "127.0.0.1", user: str = "admin", password: str | None = PASSWORD, **kwargs: Any
+) -> Any:
+    """An ncclient session as an operator opens one: password only, the throwaway host key not checked."""
+    return manager.connect(
+        host=host,
+        port=port,
+        username=user,
+        password=password,
+        hostkey_verify=False,
+        allow_agent=False,
+        look_for_keys=False,
+        timeout=WAIT,
+        **kwargs,
+    )
+
+
 def users_toml(extra: str = "", reader_key: str | None = None) -> str:
     keys = f'authorized-keys = ["{reader_key}"]\n' if reader_key else ""
     return (
@@ -177,17 +194,7 @@ class Rig:
         self.managers: list[Any] = []
 
     def connect(self, user: str = "admin", password: str | None = PASSWORD, **kwargs: Any) -> Any:
-        m = manager.connect(
-            host="127.0.0.1",
-            port=self.app.port,
-            username=user,
-            password=password,
-            hostkey_verify=False,
-            allow_agent=False,
-            look_for_keys=False,
-            timeout=WAIT,
-            **kwargs,
-        )
+        m = netconf_connect(self.app.port, user=user, password=password, **kwargs)
         self.managers.append(m)
         return m
 

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
+import shutil
 import socket
-import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,42 +15,28 @@ from typing import Any
 
 import pytest
 from lxml import etree
-from ncclient import manager
 from ncclient.operations.rpc import RPCError
 
 from nf_netconf.server import NetconfApp, ServerConfig
-from tests.test_netconf_harness import NC_NS, PASSWORD, SECRET_B64, TWAMP_NS, WAIT, users_toml
+from tests.test_netconf_harness import NC_NS, SECRET_B64, TWAMP_NS, WAIT, netconf_connect, users_toml
+from tests.test_runtime_daemon import RuntimeProcess
 
 NOTIF_NS = "urn:ietf:params:xml:ns:netconf:notification:1.0"
-ROOT = Path(__file__).resolve().parents[1]
 
 
 class RealStack:
+    """`twamp-nf run` in its own process and our NETCONF server in this one, talking over its socket."""
+
     def __init__(self, tmp: Path) -> None:
-        self.sockdir = tempfile.mkdtemp(prefix="ncrun")
-        self.socket_path = os.path.join(self.sockdir, "rt.sock")
-        self.log_path = tmp / "runtime.log"
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in close())
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "nf.cli", "run", "--control-socket", self.socket_path],
-            stdout=subprocess.PIPE,
-            stderr=self._log,
-            cwd=ROOT,
-            env=dict(os.environ, PYTHONPATH=str(ROOT)),
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline().decode()
-        self.app: NetconfApp | None = None
+        self.sockdir = tempfile.mkdtemp(prefix="ncrun")  # Unix socket paths must stay short
+        self.runtime = RuntimeProcess(Path(self.sockdir), "rt")
         self.managers: list[Any] = []
-        if "control socket" not in line:
-            self.close()
-            raise RuntimeError(f"runtime did not start: {line!r}: {self.log_path.read_text()}")
         (tmp / "users.toml").write_text(users_toml())
         self.app = NetconfApp(
             ServerConfig(
                 host="127.0.0.1",
                 port=0,
-                runtime_socket=self.socket_path,
+                runtime_socket=self.runtime.path,
                 host_key=str(tmp / "host_key"),
                 users_file=str(tmp / "users.toml"),
             )
@@ -60,17 +44,7 @@ class RealStack:
         self.app.start()
 
     def connect(self) -> Any:
-        assert self.app is not None
-        m = manager.connect(
-            host="127.0.0.1",
-            port=self.app.port,
-            username="admin",
-            password=PASSWORD,
-            hostkey_verify=False,
-            allow_agent=False,
-            look_for_keys=False,
-            timeout=WAIT,
-        )
+        m = netconf_connect(self.app.port)
         self.managers.append(m)
         return m
 
@@ -78,21 +52,11 @@ class RealStack:
         for m in self.managers:
             with contextlib.suppress(Exception):
                 m.close_session()
-        if self.app is not None:
-            self.app.stop()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(WAIT)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(WAIT)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        self._log.close()
+        self.app.stop()
+        self.runtime.stop()
         with contextlib.suppress(OSError):
-            os.unlink(self.socket_path)
-        os.rmdir(self.sockdir)
+            os.unlink(self.runtime.path)
+        shutil.rmtree(self.sockdir, ignore_errors=True)
 
 
 @pytest.fixture

@@ -18,12 +18,11 @@ from typing import Any
 
 import pytest
 from lxml import etree
-from ncclient import manager
 from ncclient.operations import RPCError
 
 from nf_netconf.server import NetconfApp, ServerConfig
-from tests.conftest import WAIT, free_port
-from tests.test_netconf_harness import PASSWORD, users_toml
+from tests.conftest import free_port
+from tests.test_netconf_harness import netconf_connect, users_toml
 from tests.test_runtime_daemon import RuntimeProcess
 
 pytestmark = pytest.mark.timeout(600)  # two processes on a loaded machine: bounded, generously
@@ -51,16 +50,7 @@ def product(tmp_path: Path) -> Iterator[tuple[RuntimeProcess, Any]]:
     app.start()
     session: Any = None
     try:
-        session = manager.connect(
-            host="127.0.0.1",
-            port=app.port,
-            username="admin",
-            password=PASSWORD,
-            hostkey_verify=False,
-            allow_agent=False,
-            look_for_keys=False,
-            timeout=WAIT,
-        )
+        session = netconf_connect(app.port)
         yield runtime, session
     finally:
         if session is not None:
