@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -48,28 +49,37 @@ def _load(
     )
 
 
+def _check(charon: Charon, local_port: int | None, *options: str) -> subprocess.CompletedProcess[str]:
+    """ike-check as cli.test against charon's sw.test; `local_port` None: the route picks our address."""
+    local = ["--local", f"127.0.0.1:{local_port}"] if local_port is not None else []
+    return run_cli(
+        [
+            "ike-check",
+            "--peer",
+            f"127.0.0.1:{charon.port}",
+            *local,
+            "--local-id",
+            "cli.test",
+            "--remote-id",
+            "sw.test",
+            *options,
+        ]
+    )
+
+
 def test_psk_success_prints_spis_algorithms_and_peer_never_a_key(
     charon: Charon, pki: CharonPKI, tmp_path: Path
 ) -> None:
     port = free_udp_port()
     _load(charon, pki, port)
-    result = run_cli(
-        [
-            "ike-check",
-            "--peer",
-            f"127.0.0.1:{charon.port}",
-            "--local",
-            f"127.0.0.1:{port}",
-            "--local-id",
-            "cli.test",
-            "--remote-id",
-            "sw.test",
-            "--psk-file",
-            str(_psk_file(tmp_path, PSK)),
-            "--proposal",
-            "aes128-sha256-x25519",
-            "--json",
-        ]
+    result = _check(
+        charon,
+        port,
+        "--psk-file",
+        str(_psk_file(tmp_path, PSK)),
+        "--proposal",
+        "aes128-sha256-x25519",
+        "--json",
     )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
@@ -89,26 +99,17 @@ def test_certificate_success_text_output(charon: Charon, pki: CharonPKI) -> None
     port = free_udp_port()
     _load(charon, pki, port, auth="pubkey", proposals="aes256gcm16-prfsha384-ecp256")
     ident = pki.identity("cli.test")
-    result = run_cli(
-        [
-            "ike-check",
-            "--peer",
-            f"127.0.0.1:{charon.port}",
-            "--local",
-            f"127.0.0.1:{port}",
-            "--local-id",
-            "cli.test",
-            "--remote-id",
-            "sw.test",
-            "--cert",
-            str(ident.cert),
-            "--key",
-            str(ident.key),
-            "--ca",
-            str(pki.ca_cert),
-            "--proposal",
-            "aes256gcm16-prfsha384-ecp256",
-        ]
+    result = _check(
+        charon,
+        port,
+        "--cert",
+        str(ident.cert),
+        "--key",
+        str(ident.key),
+        "--ca",
+        str(pki.ca_cert),
+        "--proposal",
+        "aes256gcm16-prfsha384-ecp256",
     )
     assert result.returncode == 0, result.stderr
     assert "IKE SA established" in result.stdout and "aes256gcm16-prfsha384-ecp256" in result.stdout
@@ -127,22 +128,13 @@ def test_failure_names_the_reason(
 ) -> None:
     port = free_udp_port()
     _load(charon, pki, port)
-    result = run_cli(
-        [
-            "ike-check",
-            "--peer",
-            f"127.0.0.1:{charon.port}",
-            "--local",
-            f"127.0.0.1:{port}",
-            "--local-id",
-            "cli.test",
-            "--remote-id",
-            "sw.test",
-            "--psk-file",
-            str(_psk_file(tmp_path, secret)),
-            "--proposal",
-            proposal,
-        ]
+    result = _check(
+        charon,
+        port,
+        "--psk-file",
+        str(_psk_file(tmp_path, secret)),
+        "--proposal",
+        proposal,
     )
     assert result.returncode == 1
     assert reason in result.stderr and result.stdout == ""
@@ -190,21 +182,14 @@ def test_timeout_and_bad_arguments(tmp_path: Path) -> None:
 
 def test_without_local_binds_the_route_source_address(charon: Charon, pki: CharonPKI, tmp_path: Path) -> None:
     _load(charon, pki, free_udp_port())  # charon as responder matches by address and IDs, not our port
-    result = run_cli(
-        [
-            "ike-check",
-            "--peer",
-            f"127.0.0.1:{charon.port}",
-            "--local-id",
-            "cli.test",
-            "--remote-id",
-            "sw.test",
-            "--psk-file",
-            str(_psk_file(tmp_path, PSK)),
-            "--proposal",
-            "aes128-sha256-x25519",
-            "--json",
-        ]
+    result = _check(
+        charon,
+        None,
+        "--psk-file",
+        str(_psk_file(tmp_path, PSK)),
+        "--proposal",
+        "aes128-sha256-x25519",
+        "--json",
     )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
