@@ -16,7 +16,7 @@ from typing import Any
 
 from lxml import etree
 
-from nf_netconf.edit import apply_edit, subtree_changes
+from nf_netconf.edit import Change, apply_edit, subtree_changes
 from nf_netconf.errors import Reason, RpcError
 from nf_netconf.nacm import Nacm
 from nf_netconf.runtime_link import RuntimeLink, RuntimeRefused, RuntimeUnavailable
@@ -108,30 +108,11 @@ class Datastores:
             self._check_lock(target, session_id)
             work = copy.deepcopy(self._stores[target])
             changes = apply_edit(work, config, self.schema, default_op)
-            denied = self.nacm.first_denied_write(groups, changes)
-            if denied is not None:
-                raise RpcError(
-                    "access-denied",
-                    f"{denied.op} of {denied.info.path} is not permitted",
-                    reason=Reason.ACCESS_DENIED,
-                    path=denied.instance,
-                )
+            self._authorize(groups, changes)
             test_only = test_option == "test-only"
             if not changes and not test_only:
                 return  # nothing to change: the runtime already runs exactly this
-            if target == "running":
-                new = self._apply_running(work, test_only=test_only)
-                if test_only:
-                    return
-                self._stores["running"] = new
-                if not self.candidate_dirty:
-                    self._stores["candidate"] = copy.deepcopy(new)
-            else:
-                roots, _ = self.schema.check_config(list(work), full=False)
-                if test_only:
-                    return
-                self._stores["candidate"] = _wrap(roots)
-                self.candidate_dirty = True
+            self._store(target, work, test_only=test_only)
 
     def replace(self, session_id: int, groups: frozenset[str], target: str, source: etree._Element) -> None:
         """copy-config: the target becomes `source` (a <data>/<config> element), through the same checks."""
@@ -140,24 +121,34 @@ class Datastores:
             new_roots = [el for el in source if isinstance(el.tag, str)]
             changes = subtree_changes(list(self._stores[target]), self.schema, "delete")
             changes += subtree_changes(new_roots, self.schema, "create")
-            denied = self.nacm.first_denied_write(groups, changes)
-            if denied is not None:
-                raise RpcError(
-                    "access-denied",
-                    f"{denied.op} of {denied.info.path} is not permitted",
-                    reason=Reason.ACCESS_DENIED,
-                    path=denied.instance,
-                )
-            work = _wrap([copy.deepcopy(el) for el in source if isinstance(el.tag, str)])
-            if target == "running":
-                new = self._apply_running(work, test_only=False)
-                self._stores["running"] = new
-                if not self.candidate_dirty:
-                    self._stores["candidate"] = copy.deepcopy(new)
-            else:
-                roots, _ = self.schema.check_config(list(work), full=False)
-                self._stores["candidate"] = _wrap(roots)
-                self.candidate_dirty = True
+            self._authorize(groups, changes)
+            self._store(target, _wrap([copy.deepcopy(el) for el in new_roots]))
+
+    def _authorize(self, groups: frozenset[str], changes: list[Change]) -> None:
+        denied = self.nacm.first_denied_write(groups, changes)
+        if denied is not None:
+            raise RpcError(
+                "access-denied",
+                f"{denied.op} of {denied.info.path} is not permitted",
+                reason=Reason.ACCESS_DENIED,
+                path=denied.instance,
+            )
+
+    def _store(self, target: str, work: etree._Element, test_only: bool = False) -> None:
+        """running only as the runtime accepts it (a clean candidate follows); candidate once YANG-valid."""
+        if target == "running":
+            new = self._apply_running(work, test_only=test_only)
+            if test_only:
+                return
+            self._stores["running"] = new
+            if not self.candidate_dirty:
+                self._stores["candidate"] = copy.deepcopy(new)
+        else:
+            roots, _ = self.schema.check_config(list(work), full=False)
+            if test_only:
+                return
+            self._stores["candidate"] = _wrap(roots)
+            self.candidate_dirty = True
 
     def commit(self, session_id: int) -> None:
         with self._mutex:
