@@ -46,7 +46,6 @@ from nf.ike.certificates import (
     check_peer_certificate,
     key_hash,
     load_certificates,
-    load_public_key,
 )
 from nf.ike.errors import AuthenticationError, AuthReason, IKEParseError
 from nf.ike.identities import ANY, Identity, IDType, dn_attributes, dn_equal, dn_text
@@ -536,18 +535,6 @@ def test_load_certificates_from_pem(pki: Pki, tmp_path: pathlib.Path) -> None:
     path.write_bytes(b"garbage")
     with pytest.raises(AuthenticationError):
         load_certificates(str(path))
-
-
-def test_raw_public_key_file(keys: Keys, tmp_path: pathlib.Path) -> None:
-    path = tmp_path / "peer.pub"
-    spki = serialization.PublicFormat.SubjectPublicKeyInfo
-    path.write_bytes(keys.ed.public_key().public_bytes(serialization.Encoding.PEM, spki))
-    auth = Signer(keys.ed).auth_payload(b"octets", SUPPORTED_HASHES)
-    verify_signature(load_public_key(str(path)), auth, b"octets")
-    path.write_bytes(b"-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n")
-    with pytest.raises(AuthenticationError) as info:
-        load_public_key(str(path))
-    assert info.value.reason is AuthReason.BAD_CREDENTIAL
 
 
 def test_certificate_authentication_end_to_end(pki: Pki) -> None:

@@ -39,19 +39,6 @@ def load_certificates(path: str) -> list[x509.Certificate]:
     return list(certs)
 
 
-def load_public_key(path: str) -> PublicKey:
-    """A peer's raw public key (PEM SubjectPublicKeyInfo), for peers authenticated without certificates."""
-    with open(path, "rb") as handle:
-        data = handle.read()
-    try:
-        key = serialization.load_pem_public_key(data)
-    except ValueError:
-        raise AuthenticationError(AuthReason.BAD_CREDENTIAL, f"no public key in {path}") from None
-    if not isinstance(key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519PublicKey):
-        raise AuthenticationError(AuthReason.BAD_CREDENTIAL, f"unsupported key type {type(key).__name__}")
-    return key
-
-
 def key_hash(cert: x509.Certificate) -> bytes:
     """SHA-1 of the SubjectPublicKeyInfo: how CERTREQ names a trusted CA (RFC 7296 s3.7)."""
     der, spki_format = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
