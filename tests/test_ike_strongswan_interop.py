@@ -8,12 +8,13 @@ charon is driven through swanctl in a worker thread so our asyncio endpoint keep
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -106,6 +107,19 @@ def charon_conn(
 
 async def in_thread(func: Callable[[], T]) -> T:
     return await asyncio.to_thread(func)
+
+
+@contextlib.asynccontextmanager
+async def facing_charon(
+    charon: Charon, pki: CharonPKI, auth: str, proposals: str, config: PeerConfig, **extra: str
+) -> AsyncIterator[IKEEndpoint]:
+    """Our endpoint on a free loopback port, and charon's connection to it loaded; closed on the way out."""
+    endpoint = await open_ike_endpoint(("127.0.0.1", 0), peers=[config])
+    try:
+        await in_thread(lambda: charon_conn(charon, pki, auth, proposals, endpoint.local[1], **extra))
+        yield endpoint
+    finally:
+        endpoint.close()
 
 
 def assert_same_keys(charon: Charon, endpoint: IKEEndpoint, spis: tuple[bytes, bytes]) -> None:
@@ -233,11 +247,7 @@ def test_liveness_both_ways(charon: Charon, pki: CharonPKI) -> None:
 
     async def scenario() -> None:
         config = our_config(pki, "psk", proposals)
-        endpoint = await open_ike_endpoint(("127.0.0.1", 0), peers=[config])
-        try:
-            await in_thread(
-                lambda: charon_conn(charon, pki, "psk", proposals, endpoint.local[1], dpd_delay="1s")
-            )
+        async with facing_charon(charon, pki, "psk", proposals, config, dpd_delay="1s") as endpoint:
             event = await endpoint.initiate(("127.0.0.1", charon.port), config)
             assert isinstance(event, Established)
             sa = endpoint.lookup(*event.spis)
@@ -260,8 +270,6 @@ def test_liveness_both_ways(charon: Charon, pki: CharonPKI) -> None:
             info = await in_thread(lambda: charon.wait_sa(spis=event.spis))
             assert info.state == "ESTABLISHED" and sa.state == SAState.ESTABLISHED
             await endpoint.delete(sa)
-        finally:
-            endpoint.close()
 
     run(scenario())
 
@@ -269,11 +277,7 @@ def test_liveness_both_ways(charon: Charon, pki: CharonPKI) -> None:
 def test_invalid_ke_retry_against_charon(charon: Charon, pki: CharonPKI) -> None:
     async def scenario() -> None:
         config = our_config(pki, "psk", "aes128-sha256-x25519-ecp256")  # our KE: x25519
-        endpoint = await open_ike_endpoint(("127.0.0.1", 0), peers=[config])
-        try:
-            await in_thread(
-                lambda: charon_conn(charon, pki, "psk", "aes128-sha256-ecp256", endpoint.local[1])
-            )
+        async with facing_charon(charon, pki, "psk", "aes128-sha256-ecp256", config) as endpoint:
             event = await endpoint.initiate(("127.0.0.1", charon.port), config)
             assert isinstance(event, Established) and event.algorithms.endswith("ecp256")
             assert_same_keys(charon, endpoint, event.spis)
@@ -281,8 +285,6 @@ def test_invalid_ke_retry_against_charon(charon: Charon, pki: CharonPKI) -> None
             sa = endpoint.lookup(*event.spis)
             assert sa is not None
             await endpoint.delete(sa)
-        finally:
-            endpoint.close()
 
     run(scenario())
 
@@ -344,14 +346,10 @@ def test_untrusted_certificate_is_authentication_failed(
 
     async def scenario() -> None:
         config = cert_peer(pki, "py-ec.test", "sw-ec.test", proposals, trust=other)
-        endpoint = await open_ike_endpoint(("127.0.0.1", 0), peers=[config])
-        try:
-            await in_thread(lambda: charon_conn(charon, pki, "ecdsa", proposals, endpoint.local[1]))
+        async with facing_charon(charon, pki, "ecdsa", proposals, config) as endpoint:
             event = await endpoint.initiate(("127.0.0.1", charon.port), config)
             assert isinstance(event, Failed) and event.reason == "authentication-failed"
             assert "untrusted-certificate" in event.detail
-        finally:
-            endpoint.close()
 
     run(scenario())
 
@@ -362,16 +360,10 @@ def test_childless_never_peer_is_refused(charon: Charon, pki: CharonPKI) -> None
 
     async def scenario() -> None:
         config = our_config(pki, "psk", proposals)
-        endpoint = await open_ike_endpoint(("127.0.0.1", 0), peers=[config])
-        try:
-            await in_thread(
-                lambda: charon_conn(charon, pki, "psk", proposals, endpoint.local[1], childless="never")
-            )
+        async with facing_charon(charon, pki, "psk", proposals, config, childless="never") as endpoint:
             event = await endpoint.initiate(("127.0.0.1", charon.port), config)
             assert isinstance(event, Failed) and event.reason == "peer-refused"
             assert "childless" in event.detail
-        finally:
-            endpoint.close()
 
     run(scenario())
 
