@@ -180,6 +180,15 @@ def test_timeout_and_bad_arguments(tmp_path: Path) -> None:
     assert result.returncode == 2 and "md5" in result.stderr
 
 
+def test_a_psk_file_that_is_not_utf8_is_refused_without_quoting_it(tmp_path: Path) -> None:
+    path = tmp_path / "psk"
+    path.write_bytes(b"secret-\xfe\xfd-rest-of-the-secret")
+    arguments = ["--peer", "127.0.0.1:500", "--local-id", "a", "--remote-id", "b", "--psk-file", str(path)]
+    result = run_cli(["ike-check", *arguments])
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == f"ike-check: {path}: not UTF-8 text\n"
+
+
 def test_without_local_binds_the_route_source_address(charon: Charon, pki: CharonPKI, tmp_path: Path) -> None:
     _load(charon, pki, free_udp_port())  # charon as responder matches by address and IDs, not our port
     result = _check(

@@ -83,7 +83,11 @@ def _config(args: argparse.Namespace) -> PeerConfig:
             if args.cert or args.key or args.ca:
                 raise UsageError("use either --psk-file or --cert/--key/--ca")
             with open(args.psk_file, encoding="utf-8") as handle:
-                psk = PreSharedKey.from_config(handle.read().strip())
+                try:
+                    text = handle.read()
+                except UnicodeDecodeError:  # its text would quote an octet of the secret and its position
+                    raise UsageError(f"{args.psk_file}: not UTF-8 text") from None
+            psk = PreSharedKey.from_config(text.strip())
             return PeerConfig(local_id, remote_id, proposals, psk=psk, retransmit=retransmit)
         if not (args.cert and args.key and args.ca):
             raise UsageError("give --psk-file, or all of --cert, --key and --ca")
