@@ -32,7 +32,7 @@ class Lifetimes:
 
 
 class IKEEndpoint(asyncio.DatagramProtocol):
-    """Use `await IKEEndpoint.open(...)`; `close()` releases the socket and every timer."""
+    """Use `await open_ike_endpoint(...)`; `close()` releases the socket and every timer."""
 
     def __init__(
         self, peers: list[PeerConfig], rng: Rng, limits: Limits | None, lifetimes: Lifetimes
@@ -52,21 +52,6 @@ class IKEEndpoint(asyncio.DatagramProtocol):
 
     def __repr__(self) -> str:
         return f"IKEEndpoint({self.engine!r})"
-
-    @classmethod
-    async def open(
-        cls,
-        local: Address,
-        *,
-        peers: list[PeerConfig] | None = None,
-        rng: Rng = os.urandom,
-        limits: Limits | None = None,
-        lifetimes: Lifetimes | None = None,
-    ) -> IKEEndpoint:
-        loop = asyncio.get_running_loop()
-        endpoint = cls(list(peers or []), rng, limits, lifetimes or Lifetimes())
-        await loop.create_datagram_endpoint(lambda: endpoint, local_addr=local)
-        return endpoint
 
     @property
     def local(self) -> Address:
@@ -275,7 +260,9 @@ async def open_ike_endpoint(
     lifetimes: Lifetimes | None = None,
 ) -> IKEEndpoint:
     """Bind `local` (port 0 picks a free one: read `.local`) and serve IKE on it."""
-    return await IKEEndpoint.open(local, peers=peers, rng=rng, limits=limits, lifetimes=lifetimes)
+    endpoint = IKEEndpoint(list(peers or []), rng, limits, lifetimes or Lifetimes())
+    await asyncio.get_running_loop().create_datagram_endpoint(lambda: endpoint, local_addr=local)
+    return endpoint
 
 
 __all__ = ["IKEEndpoint", "Lifetimes", "open_ike_endpoint"]

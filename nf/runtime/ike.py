@@ -22,7 +22,7 @@ from nf.ike.exchanges import PeerConfig
 from nf.ike.identities import Identity
 from nf.ike.sa import IKESA, Address, Deleted, Established, Event, Failed, Rekeyed, SAState
 from nf.ike.transforms import DhId, EncrId, IntegId, PrfId
-from nf.net.ike_endpoint import IKEEndpoint, Lifetimes
+from nf.net.ike_endpoint import IKEEndpoint, Lifetimes, open_ike_endpoint
 from nf.runtime import events
 from nf.runtime.config import IKEPlan, PeerPlan
 
@@ -159,7 +159,7 @@ class IKEHub:
     @staticmethod
     async def open(plan: IKEPlan) -> IKEEndpoint:
         """Binds the endpoint of a plan (the prepare step of apply); OSError when the address is taken."""
-        return await IKEEndpoint.open(
+        return await open_ike_endpoint(
             plan.listen, peers=[p.config for p in plan.peers.values()], lifetimes=_lifetimes(plan)
         )
 
