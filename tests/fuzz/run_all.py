@@ -72,7 +72,8 @@ def child(name: str, seconds: int, artifacts: str) -> None:
             f"-artifact_prefix={artifacts}/",
         ]
         if corpus.is_dir():
-            args.append(str(corpus))
+            # libFuzzer writes what it learns into the first corpus directory: keep that out of the tree
+            args += [tempfile.mkdtemp(prefix=f"{name}-", dir=artifacts), str(corpus)]
         atheris.Setup(args, module.fuzz_one)
         atheris.Fuzz()
     else:  # pragma: no cover - fallback where atheris has no wheel
