@@ -336,8 +336,12 @@ def test_realtime_priority_is_applied_to_port_threads_or_reported(caplog: pytest
             assert os.sched_getparam(thread.native_id).sched_priority == 5
 
 
-def test_a_bug_in_the_reflect_path_costs_the_packet_not_the_thread(reflector: Reflector) -> None:
-    with SessionSender("127.0.0.1") as sender:
+def test_a_bug_in_the_reflect_path_costs_the_packet_not_the_thread() -> None:
+    """The pure-Python loop (receive_batch 1) survives an exception in its reply builder."""
+    with (
+        Reflector(ReflectorConfig(poll_interval=0.05, receive_batch=1)) as reflector,
+        SessionSender("127.0.0.1") as sender,
+    ):
         params = _params(sender, reflector.reserve_port("127.0.0.1"))
         reflector.add_session(params)
         reflector.start_session(params.sid)

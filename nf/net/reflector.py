@@ -42,7 +42,6 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from nf.net import batch_io
 from nf.net.clock_sync import ClockSyncCache
 from nf.net.rate_limited_log import RateLimitedLog
 from nf.net.socket_options import (
@@ -58,9 +57,14 @@ from nf.net.socket_options import (
     set_receive_timeout,
     set_send_ttl,
 )
-from nf.twamp.test_packets import TestPacketError, ntp_from_ns, ntp_from_timespec, ntp_now
+from nf.twamp.test_packets import TestPacketCodec, TestPacketError, ntp_from_ns, ntp_now
 from nf.twamp.test_reflector import DropReason, SessionReflector, TokenBucket
 from nf.twamp.test_session import TestSessionParams
+
+try:  # built at install from nf/net/_fast_reflector.c
+    from nf.net import _fast_reflector as native
+except ImportError:  # no C extension: every port runs the pure-Python loop
+    native = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +88,8 @@ class ReflectorConfig:
     # After each packet, poll without sleeping for this many seconds before blocking again: the next packet
     # of a busy session then costs no wake-up (tens of microseconds on a VM), at the price of CPU. 0 = off.
     busy_poll: float = 0.0
-    # Datagrams taken per receive call (recvmmsg) when several are queued; 1 = one recvmsg per datagram.
-    # Each keeps its own kernel timestamp, and each reply is still sent on its own just after its T3 is read.
+    # Datagrams taken per receive call (recvmmsg) when several are queued, by the C loop; 1 = the
+    # pure-Python loop, one recvmsg per datagram. Each datagram keeps its own kernel timestamp.
     receive_batch: int = 16
     # Replies sent per sendmmsg when a receive brought several datagrams; 1 = every reply on its own. Saves
     # about a third of the send cost per reply, but a reply's T3 is then read before the replies queued
@@ -140,6 +144,57 @@ def _normal_address(address: str) -> str:
     return ipaddress.ip_address(address.split("%", 1)[0]).compressed
 
 
+_Address = tuple[str, int] | tuple[str, int, int, int]
+_FOREVER_NS = (1 << 63) - 1
+# Offsets the C loop reads and writes, named as in the reply layout table (nf/twamp/test_packets.py).
+_REPLY_FIELDS = (
+    "seq",
+    "timestamp",
+    "error_estimate",
+    "receive_timestamp",
+    "sender_seq",
+    "sender_timestamp",
+    "sender_error_estimate",
+    "sender_ttl",
+)
+
+
+def native_session(params: TestSessionParams, rate: float | None, burst: float) -> native.Session:
+    """The C reply builder of a session, given the layouts' field offsets so the formats live in one table."""
+    codec = TestPacketCodec(params.mode, params.keys, params.symmetric)
+    sent, reply = codec.sender_layout, codec.reflector_layout
+    sender_covered = codec.sender_crypto.covered if codec.sender_crypto is not None else 0
+    reply_covered = codec.reflector_crypto.covered if codec.reflector_crypto is not None else 0
+    at = sent.offsets
+    return native.Session(
+        (sent.size, at["seq"], at["timestamp"], at["error_estimate"], at.get("hmac", -1), sender_covered),
+        (
+            reply.size,
+            *(reply.offsets[name] for name in _REPLY_FIELDS),
+            reply.offsets.get("hmac", -1),
+            reply_covered,
+        ),  # type: ignore[arg-type]
+        params.keys.native() if params.keys is not None else None,
+        params.reflect_octets,
+        rate or 0.0,
+        burst,
+        time.monotonic_ns(),
+    )
+
+
+def _native_drop(code: int, value: int) -> tuple[DropReason, str]:
+    """The counter and log detail of a reason code from the C loop (value: the datagram length or errno)."""
+    if code == native.SHORT:
+        return DropReason.SHORT, f"{value} octets, shorter than this session's test packets"
+    if code == native.BAD_HMAC:
+        return DropReason.BAD_HMAC, "HMAC does not match the packet"
+    if code == native.TOO_LONG:
+        return DropReason.TOO_LONG, f"the reply to {value} octets would not fit a UDP datagram"
+    if code == native.RATE_LIMITED:
+        return DropReason.RATE_LIMITED, "over the session's packet rate"
+    return DropReason.SEND_FAILED, os.strerror(value) if value else "sendmmsg stopped early"
+
+
 _ntp_now = functools.partial(ntp_now, time.time_ns)
 
 
@@ -148,8 +203,9 @@ class _Session:
     sid: bytes
     params: TestSessionParams
     key: tuple[str, int] | None  # None: matches any sender (wildcard address or port 0)
-    engine: SessionReflector | None
+    engine: SessionReflector | None  # the pure-Python loop's reply builder
     bucket: TokenBucket | None
+    native: native.Session | None = None  # the C loop's reply builder, with its own rate limit
     state: SessionState = SessionState.ADDED
     last_activity: float = 0.0
     deadline: float = 0.0  # STOPPING: end of Timeout; ENDED: end of linger
@@ -164,8 +220,18 @@ class _Session:
         p = self.params
         return (self.any_host or self.host == host) and p.sender_port in (0, port)
 
+    def reflected_count(self) -> int:
+        return self.reflected + (self.native.reflected if self.native is not None else 0)
+
+    def activity(self) -> float:
+        """Monotonic time of the last packet, whichever loop reflected it."""
+        if self.native is None:
+            return self.last_activity
+        return max(self.last_activity, self.native.last_activity / 1e9)
+
     def snapshot(self) -> SessionCounters:
-        return SessionCounters(self.sid, self.state, self.reflected, dict(self.dropped), self.end_reason)
+        counts = dict(self.dropped)
+        return SessionCounters(self.sid, self.state, self.reflected_count(), counts, self.end_reason)
 
 
 def _is_unspecified(address: str) -> bool:
@@ -190,12 +256,19 @@ class _Port:
         self.internal_errors = 0
         self.receive_calls = 0
         self.send_calls = 0
+        self.deferred_sends = 0  # replies Python sent for packets the C loop handed back
         self.dropped = dict.fromkeys(DropReason, 0)
         self.kernel_timestamps = enable_receive_timestamps(sock)
         enable_receive_ttl(sock)
         set_send_ttl(sock, TEST_TTL)
         set_receive_buffer(sock, owner.config.receive_buffer)
         set_receive_timeout(sock, owner.config.poll_interval)
+        config = owner.config
+        self.native: native.Port | None = None
+        if native is not None and config.receive_batch > 1:
+            self.native = native.Port(
+                sock.fileno(), config.receive_batch, min(config.send_batch, config.receive_batch)
+            )
         self.thread = threading.Thread(target=self._run, name=f"twamp-reflector-{port}", daemon=True)
 
     def all_sessions(self) -> list[_Session]:
@@ -230,179 +303,95 @@ class _Port:
 
     def _run(self) -> None:
         self._set_priority()
-        batch = self.owner.config.receive_batch
-        if batch > 1 and batch_io.available():
-            send_batch = self.owner.config.send_batch
-            sender = batch_io.BatchSender(self.sock, send_batch) if send_batch > 1 else None
-            self._run_batched(batch_io.BatchReceiver(self.sock, batch), sender)
+        if self.native is not None:
+            self._run_native(self.native)
         else:
             self._run_single()
         self._shutdown()
 
-    def _run_batched(self, receiver: batch_io.BatchReceiver, sender: batch_io.BatchSender | None) -> None:
-        """recvmmsg: every queued datagram in one call, then one reply each, sent just after its T3.
-
-        Sessions are looked up by the raw source sockaddr (cached after the first packet), and the usual
-        control data (timestamp, TTL) is read with one unpack at fixed offsets.
-        """
-        receive = receiver.receive
-        headers = receiver.headers
-        names = receiver.names
-        control = receiver.control
-        views = receiver.views
-        result = batch_io.RESULT.unpack_from
-        usual = batch_io.USUAL_CONTROL.unpack_from
-        usual_length = batch_io.USUAL_CONTROL_LENGTH
-        header_size = receiver.header_offset(1)
-        name_size = receiver.name_offset(1)
-        control_size = receiver.control_offset(1)
-        sock = self.sock
-        sendto = sock.sendto
-        monotonic = time.monotonic
-        ntp_now = _ntp_now
-        sol_socket = socket.SOL_SOCKET
-        scm_timestampns = SCM_TIMESTAMPNS
-        ttl_kinds = (IP_TTL, IPV6_HOPLIMIT)
-        started = SessionState.STARTED
-        stopping = SessionState.STOPPING
-        cache: dict[bytes, tuple[_Session, tuple[str, int] | tuple[str, int, int, int]]] = {}
-        queued: list[_Session] = []  # sessions of the replies waiting in `sender`
-        generation = -1
-        next_housekeeping = monotonic() + self.owner.config.poll_interval
-        spin = self.owner.config.busy_poll
-        poll = batch_io.POLL
-        polling = False
-        spin_until = 0.0
+    def _run_native(self, port: native.Port) -> None:
+        """The C loop reflects; Python sees only what it hands back (drops, packets of no active session)
+        and the housekeeping deadline, so the interpreter costs nothing per reflected packet."""
+        config = self.owner.config
+        period = int(config.poll_interval * 1e9)
+        spin = int(config.busy_poll * 1e9)
+        next_housekeeping = time.monotonic_ns() + period
         while not self.closing:
             try:
-                got = receive(poll) if polling else receive()
-            except (BlockingIOError, InterruptedError):
-                if polling:
-                    polling = monotonic() < spin_until
-                    continue
-                next_housekeeping = self._housekeeping()
-                continue
+                idle, deferred = port.serve(next_housekeeping, spin)
             except OSError as exc:
                 if self.closing or exc.errno == errno.EBADF:
                     break
                 self.owner.bad_input_log.warning("recv", "twamp reflector port %d: %s", self.port, exc)
                 continue
-            self.receive_calls += 1
-            now = monotonic()
-            if now >= next_housekeeping:
-                next_housekeeping = self._housekeeping()
-            if spin:
-                polling = True
-                spin_until = now + spin
-            if generation != self.generation or len(cache) > 4096:
-                cache.clear()
-                generation = self.generation
-            for i in range(got):
-                namelen, controllen, _flags, nbytes = result(headers, i * header_size)
-                at = i * control_size
-                ttl = TEST_TTL
-                receive_ntp = 0
-                if controllen == usual_length:
-                    _l1, level, kind, seconds, nanos, _l2, _level2, kind2, ttl_found = usual(control, at)
-                    if level == sol_socket and kind == scm_timestampns:
-                        receive_ntp = ntp_from_timespec(seconds, nanos)
-                    if kind2 in ttl_kinds:
-                        ttl = ttl_found
+            for code, data, addr, receive_ntp, ttl, value in deferred:
+                session = self.find(_normal_address(addr[0]), addr[1])
+                if code == native.UNHANDLED and data is not None:
+                    self._reflect_deferred(session, data, addr, receive_ntp, ttl)
+                elif code == native.CRYPTO_FAILED:
+                    self._internal_error("OpenSSL failed on a test packet")
                 else:
-                    for level, kind, data in batch_io.parse_control(control, at, controllen):
-                        if level == sol_socket and kind == scm_timestampns and len(data) >= 16:
-                            receive_ntp = ntp_from_timespec(
-                                int.from_bytes(data[:8], sys.byteorder),
-                                int.from_bytes(data[8:16], sys.byteorder),
-                            )
-                        elif kind in ttl_kinds and len(data) >= 4:
-                            ttl = int.from_bytes(data[:4], sys.byteorder)
-                if not receive_ntp:  # no kernel timestamp: now is the best arrival time there is
-                    receive_ntp = ntp_now()
-                start = i * name_size
-                raw = bytes(names[start : start + namelen])
-                found = cache.get(raw)
-                if found is None:
-                    try:
-                        addr = batch_io.decode_name(names, start, namelen)
-                    except OSError:
-                        continue
-                    session_or_none = self.find(addr[0], addr[1])
-                    if session_or_none is None:
-                        self.drop(None, DropReason.UNKNOWN_SENDER, "no session for this sender", addr)
-                        continue
-                    found = cache[raw] = (session_or_none, addr)
-                session, addr = found
-                state = session.state
-                if state is not started:
-                    if state is stopping and now > session.deadline:
-                        self.owner.end_session(self, session, EndReason.TIMEOUT_AFTER_STOP, now)
-                        state = session.state
-                    if state is not stopping:
-                        reason = (
-                            DropReason.NOT_STARTED if state is SessionState.ADDED else DropReason.AFTER_STOP
-                        )
-                        self.drop(session, reason, f"session is {state.value}", addr)
-                        continue
-                bucket = session.bucket
-                if bucket is not None and not bucket.take(now):
-                    self.drop(session, DropReason.RATE_LIMITED, "over the session's packet rate", addr)
-                    continue
-                engine = session.engine
-                if engine is None:
-                    self.drop(session, DropReason.AFTER_STOP, "session ended", addr)
-                    continue
-                session.last_activity = now
-                try:
-                    reply = engine.reflect(views[i], nbytes, receive_ntp, ttl, ntp_now)
-                except TestPacketError as exc:
-                    self.drop(session, DropReason.of(exc), str(exc), addr)
-                    continue
-                except Exception:
-                    self.internal_errors += 1
-                    if self.owner.bad_input_log.warning(
-                        "internal", "twamp reflector port %d: bug", self.port
-                    ):
-                        log.exception("twamp reflector port %d: reflecting failed", self.port)
-                    continue
-                dscp = session.params.dscp
-                session.reflected += 1
-                try:
-                    if dscp != self.dscp:
-                        if queued:
-                            self._flush(sender, queued)
-                        set_dscp(sock, dscp)
-                        self.dscp = dscp
-                    if sender is None or got == 1:
-                        self.send_calls += 1
-                        sendto(reply, addr)
-                    else:
-                        queued.append(session)
-                        if sender.add(reply, raw):
-                            self._flush(sender, queued)
-                except OSError as exc:
-                    session.reflected -= 1
-                    self.drop(session, DropReason.SEND_FAILED, str(exc), addr)
-            if queued:
-                self._flush(sender, queued)
+                    reason, detail = _native_drop(code, value)
+                    self.drop(session, reason, detail, addr)
+            self.receive_calls = port.receive_calls
+            self.send_calls = port.send_calls + self.deferred_sends
+            if idle or time.monotonic_ns() >= next_housekeeping:
+                self._housekeeping()
+                next_housekeeping = time.monotonic_ns() + period
 
-    def _flush(self, sender: batch_io.BatchSender | None, queued: list[_Session]) -> None:
-        """Sends the queued replies; any the kernel did not take are uncounted and dropped as send-failed."""
-        if sender is None:
+    def _reflect_deferred(
+        self, session: _Session | None, data: bytes, addr: _Address, receive_ntp: int, ttl: int
+    ) -> None:
+        """A packet the C loop left to Python: a session not (or no longer) active there, or a stranger."""
+        if session is None:
+            self.drop(None, DropReason.UNKNOWN_SENDER, "no session for this sender", addr)
             return
-        self.send_calls += 1
+        now = time.monotonic()
+        if session.state is not SessionState.STARTED and not self._admit(session, now, addr):
+            return
+        engine = session.native
+        port = self.native
+        if engine is None or port is None:  # ended by the control side since the state check
+            self.drop(session, DropReason.AFTER_STOP, "session ended", addr)
+            return
+        if not engine.take(time.monotonic_ns()):
+            self.drop(session, DropReason.RATE_LIMITED, "over the session's packet rate", addr)
+            return
+        reply = engine.reflect(data, receive_ntp, ttl)
+        if isinstance(reply, int):
+            reason, detail = _native_drop(reply, len(data))
+            self.drop(session, reason, detail, addr)
+            return
+        engine.reflected += 1
         try:
-            sent = sender.flush()
-            error = "sendmmsg stopped early"
+            if port.dscp != session.params.dscp:
+                port.dscp = session.params.dscp
+            self.deferred_sends += 1
+            self.sock.sendto(reply, addr)
         except OSError as exc:
-            sent = 0
-            error = str(exc)
-        for session in queued[sent:]:
-            session.reflected -= 1
-            self.drop(session, DropReason.SEND_FAILED, error, None)
-        queued.clear()
+            engine.reflected -= 1
+            self.drop(session, DropReason.SEND_FAILED, str(exc), addr)
+
+    def _admit(self, session: _Session, now: float, addr: object) -> bool:
+        """Whether a session that is not plainly started still reflects: it does while Stopping, until its
+        Timeout (then it ends here). Otherwise the packet is dropped and counted."""
+        state = session.state
+        if state is SessionState.STOPPING and now > session.deadline:
+            self.owner.end_session(self, session, EndReason.TIMEOUT_AFTER_STOP, now)
+            state = session.state
+        if state in (SessionState.STARTED, SessionState.STOPPING):
+            return True
+        reason = DropReason.NOT_STARTED if state is SessionState.ADDED else DropReason.AFTER_STOP
+        self.drop(session, reason, f"session is {state.value}", addr)
+        return False
+
+    def _internal_error(self, what: str) -> None:
+        self.internal_errors += 1
+        if self.owner.bad_input_log.warning("internal", "twamp reflector port %d: bug", self.port):
+            log.exception("twamp reflector port %d: %s", self.port, what)
 
     def _run_single(self) -> None:
+        """The pure-Python loop (receive_batch 1, or no C extension): recvmsg, reflect, sendto."""
         sock = self.sock
         buf = bytearray(65536)
         view = memoryview(buf)
@@ -417,7 +406,6 @@ class _Port:
         sol_socket = socket.SOL_SOCKET
         order = sys.byteorder
         started = SessionState.STARTED
-        stopping = SessionState.STOPPING
         next_housekeeping = monotonic() + self.owner.config.poll_interval
         spin = self.owner.config.busy_poll
         polling = False
@@ -467,15 +455,8 @@ class _Port:
                 if session is None:
                     self.drop(None, DropReason.UNKNOWN_SENDER, "no session for this sender", addr)
                     continue
-            state = session.state
-            if state is not started:
-                if state is stopping and now > session.deadline:
-                    self.owner.end_session(self, session, EndReason.TIMEOUT_AFTER_STOP, now)
-                    state = session.state
-                if state is not stopping:
-                    reason = DropReason.NOT_STARTED if state is SessionState.ADDED else DropReason.AFTER_STOP
-                    self.drop(session, reason, f"session is {state.value}", addr)
-                    continue
+            if session.state is not started and not self._admit(session, now, addr):
+                continue
             bucket = session.bucket
             if bucket is not None and not bucket.take(now):
                 self.drop(session, DropReason.RATE_LIMITED, "over the session's packet rate", addr)
@@ -491,9 +472,7 @@ class _Port:
                 self.drop(session, DropReason.of(exc), str(exc), addr)
                 continue
             except Exception:  # a bug must cost one packet, not the port's thread
-                self.internal_errors += 1
-                if self.owner.bad_input_log.warning("internal", "twamp reflector port %d: bug", self.port):
-                    log.exception("twamp reflector port %d: reflecting failed", self.port)
+                self._internal_error("reflecting failed")
                 continue
             dscp = session.params.dscp
             # Counted before the send: a sender that has its reply then always finds it in totals().
@@ -517,10 +496,12 @@ class _Port:
         for session in self.all_sessions():
             if session.engine is not None:
                 session.engine.error_estimate = error_estimate
+            if session.native is not None:
+                session.native.error_estimate = error_estimate
             if session.state is SessionState.STOPPING and now > session.deadline:
                 owner.end_session(self, session, EndReason.TIMEOUT_AFTER_STOP, now)
             elif session.state in (SessionState.ADDED, SessionState.STARTED) and (
-                now - session.last_activity > config.refwait
+                now - session.activity() > config.refwait
             ):
                 owner.end_session(self, session, EndReason.REFWAIT, now)
             if session.state is SessionState.ENDED and now > session.deadline:
@@ -534,7 +515,7 @@ class _Port:
         return 0.0 if self.owner.port_was_used(self) else self.owner.config.refwait
 
     def reflected_total(self) -> int:
-        return self.reflected + sum(s.reflected for s in self.all_sessions())
+        return self.reflected + sum(s.reflected_count() for s in self.all_sessions())
 
     def _shutdown(self) -> None:
         with contextlib.suppress(OSError):
@@ -677,10 +658,18 @@ class Reflector:
             limit = max_pps if max_pps is not None else self.config.max_pps
             now = time.monotonic()
             bucket = None
+            burst = 1.0
             if limit is not None:
                 burst = self.config.burst if self.config.burst is not None else max(1.0, limit / 10)
-                bucket = TokenBucket(limit, burst, now)
-            engine = SessionReflector(params, self.clock_sync.error_estimate_word())
+            error_estimate = self.clock_sync.error_estimate_word()
+            engine: SessionReflector | None = None
+            fast: native.Session | None = None
+            if entry.native is None:
+                engine = SessionReflector(params, error_estimate)
+                bucket = TokenBucket(limit, burst, now) if limit is not None else None
+            else:
+                fast = native_session(params, limit, burst)
+                fast.error_estimate = error_estimate
             if _is_unspecified(params.sender_address) or params.sender_port == 0:
                 key = None
             else:
@@ -690,8 +679,11 @@ class Reflector:
             any_host = _is_unspecified(params.sender_address)
             host = "" if any_host else _normal_address(params.sender_address)
             session = _Session(
-                params.sid, params, key, engine, bucket, last_activity=now, host=host, any_host=any_host
+                params.sid, params, key, engine, bucket, fast, last_activity=now, host=host, any_host=any_host
             )
+            if entry.native is not None and fast is not None:
+                packed = b"" if any_host else socket.inet_pton(entry.sock.family, host)
+                entry.native.add(fast, packed, params.sender_port, params.dscp)
             if key is None:
                 entry.wildcards.append(session)
             else:
@@ -712,10 +704,15 @@ class Reflector:
 
     def start_session(self, sid: bytes) -> None:
         _entry, session = self._get(sid)
-        if session.state is SessionState.ADDED and session.engine is not None:
-            session.engine.error_estimate = self.clock_sync.error_estimate_word()
+        if session.state is SessionState.ADDED and (session.engine or session.native) is not None:
+            error_estimate = self.clock_sync.error_estimate_word()
             session.last_activity = time.monotonic()
             session.state = SessionState.STARTED
+            if session.engine is not None:
+                session.engine.error_estimate = error_estimate
+            if session.native is not None:
+                session.native.error_estimate = error_estimate
+                session.native.activate(_FOREVER_NS)
 
     def stop_session(self, sid: bytes) -> None:
         """Stop-Sessions: reflects on for the session's Timeout, then discards its state (RFC 5357 s3.5)."""
@@ -723,6 +720,8 @@ class Reflector:
         if session.state in (SessionState.ADDED, SessionState.STARTED):
             session.deadline = time.monotonic() + session.params.timeout
             session.state = SessionState.STOPPING
+            if session.native is not None:  # the C loop reflects until then, and hands later packets back
+                session.native.activate(int(session.deadline * 1e9))
 
     def remove_session(self, sid: bytes) -> None:
         """Discards a session now (its control connection is gone)."""
@@ -744,6 +743,11 @@ class Reflector:
             session.state = SessionState.ENDED
             session.end_reason = reason
             session.engine = None  # drops the keys and the reply buffer
+            if session.native is not None:
+                if entry.native is not None:
+                    entry.native.remove(session.native)  # waits for a batch in progress
+                session.reflected += session.native.reflected
+                session.native = None
             session.deadline = now + self.config.linger
             entry.last_activity = now
             snapshot = session.snapshot()

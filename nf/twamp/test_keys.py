@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import hmac
 from hashlib import sha1
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
+
+if TYPE_CHECKING:
+    from nf.net import _fast_reflector as _native_types
 
 ZERO_IV = bytes(16)
 
@@ -22,6 +25,11 @@ class _Hmac(Protocol):
     def digest(self) -> bytes: ...
 
 
+try:  # the reflector's C fast path, built at install (nf/net/_fast_reflector.c)
+    from nf.net import _fast_reflector as _native
+except ImportError:  # a build without the extension: the pure-Python reflector serves
+    _native = None  # type: ignore[assignment]
+
 try:  # CPython's OpenSSL HMAC object itself: hmac.HMAC's Python wrapper costs ~2 us per copy on the fast path
     from _hashlib import hmac_new as _openssl_hmac_new
 
@@ -31,7 +39,7 @@ except ImportError:  # another Python: the stdlib wrapper, same results
 
 
 class TestSessionKeys:
-    __slots__ = ("_aes", "_ecb", "_hmac")
+    __slots__ = ("_aes", "_ecb", "_hmac", "_native")
     __test__ = False  # not a pytest class
 
     def __init__(self, aes_key: bytes, hmac_key: bytes) -> None:
@@ -44,6 +52,8 @@ class TestSessionKeys:
             if _OPENSSL_HMAC
             else hmac.new(hmac_key, digestmod=sha1)
         )
+        # The reflector's C fast path gets its own prepared contexts, built here where the octets are.
+        self._native = _native.Keys(aes_key, hmac_key) if _native is not None else None
 
     @classmethod
     def derive(cls, control_aes_key: bytes, control_hmac_key: bytes, sid: bytes) -> TestSessionKeys:
@@ -58,6 +68,10 @@ class TestSessionKeys:
 
     def __repr__(self) -> str:
         return "TestSessionKeys(<hidden>)"
+
+    def native(self) -> _native_types.Keys | None:
+        """The same keys as an opaque object of the C fast path (None without it); it cannot reveal them."""
+        return self._native
 
     def ecb_encrypt(self, block: bytes) -> bytes:
         enc = self._ecb.encryptor()

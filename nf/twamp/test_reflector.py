@@ -135,6 +135,10 @@ class SessionReflector:
         if padding_out < self._reflect_octets:
             padding_out = self._reflect_octets
         base = self._reply_size
+        if base + padding_out > MAX_UDP_PAYLOAD:  # only a Reflect Octets count near 64 KiB gets here
+            raise TestPacketError(
+                TestPacketErrorReason.TOO_LONG, f"the reply to {nbytes} octets would not fit a UDP datagram"
+            )
         buf = self._buf
         if padding_out:
             copied = padding_in if padding_in < padding_out else padding_out
