@@ -466,3 +466,25 @@ def test_close_during_a_flood_counts_exactly_the_replies_sent() -> None:
                     flood.recv(2048)
                     received += 1
         assert reflector.totals().reflected == received
+
+
+@pytest.mark.parametrize("mode", [SecurityMode.UNAUTHENTICATED, SecurityMode.ENCRYPTED])
+def test_a_packet_the_c_loop_hands_back_for_a_started_session_is_reflected_by_python(
+    reflector: Reflector, mode: SecurityMode
+) -> None:
+    """A session started on the control side an instant after the C loop judged it inactive (forced here)
+    is still reflected, by Python, with the same sequence numbers and counters."""
+    with SessionSender("127.0.0.1") as sender:
+        params = _params(sender, reflector.reserve_port("127.0.0.1"), mode, dscp=12)
+        reflector.add_session(params)
+        reflector.start_session(params.sid)
+        fast = reflector._by_sid[params.sid][1].native
+        assert fast is not None, "the default configuration runs the C loop"
+        assert sender.run(params, count=2, interval=0.0, reply_timeout=WAIT).received == 2
+        fast.activate(0)  # the C loop now hands every packet of this session to Python
+        result = sender.run(params, count=3, interval=0.0, reply_timeout=WAIT)
+        assert result.received == 3
+        assert sorted(r.reflector_seq or 0 for r in result.records) == [2, 3, 4]
+        counters = _counters(reflector, params.sid)
+        assert counters.reflected == 5 and not any(counters.dropped.values())
+        assert reflector.totals().send_calls == 5

@@ -124,6 +124,15 @@ def test_ipv6(reflector_factory: Any) -> None:
     assert stats["sessions"]["accepted"] == 1
 
 
+def test_busy_polling_realtime_reflector(reflector_factory: Any) -> None:
+    """--busy-poll and --realtime-priority tune the port threads; without CAP_SYS_NICE the priority is
+    refused with a log line, and either way every packet comes back."""
+    reflector = reflector_factory("--busy-poll", "200", "--realtime-priority", "5")
+    report = ping(reflector.address, "--count", "40", "--interval", "0.001")
+    assert report["received"] == 40 and report["lost"] == 0
+    assert reflector.final_stats()["sessions"]["accepted"] == 1
+
+
 def test_several_sessions_in_parallel(shared_reflector: Reflector) -> None:
     report = ping(shared_reflector.address, "--sessions", "3")
     assert report["sent"] == 3 * COUNT

@@ -380,8 +380,6 @@ static PyObject *Session_reflect(SessionObject *self, PyObject *args, PyObject *
     int code = build_reply(self, data.buf, data.len, receive_ntp, ttl & 0xFF, given, reply, &length, &stamp_later);
     if (code == RC_OK) {
         if (stamp_later && t3_object == Py_None) put_be(reply + self->out.timestamp, 8, ntp_now());
-        self->reflected += 1;
-        self->last_activity = monotonic_ns();
         result = PyBytes_FromStringAndSize((const char *)reply, length);
     } else {
         result = PyLong_FromLong(code);
@@ -428,7 +426,7 @@ static PyObject *Session_repr(SessionObject *self) {
 
 static PyMethodDef Session_methods[] = {
     {"reflect", (PyCFunction)(void (*)(void))Session_reflect, METH_VARARGS | METH_KEYWORDS,
-        "The reply to one datagram (bytes), or the reason code (int) it cannot be reflected."},
+        "The reply to one datagram (bytes), or the reason code (int) it cannot be reflected; counts nothing."},
     {"take", (PyCFunction)Session_take, METH_O, "One packet from the session's rate limit at monotonic now_ns."},
     {"activate", (PyCFunction)Session_activate, METH_O,
         "Reflect in serve() until this monotonic time in ns (0: hand every packet to Python)."},
@@ -437,7 +435,8 @@ static PyMethodDef Session_methods[] = {
 
 static PyMemberDef Session_members[] = {
     {"seq", T_UINT, offsetof(SessionObject, seq), READONLY, "the reflector's next sequence number"},
-    {"reflected", T_ULONGLONG, offsetof(SessionObject, reflected), READONLY, "replies built and handed to the kernel"},
+    {"reflected", T_ULONGLONG, offsetof(SessionObject, reflected), 0,
+        "replies handed to the kernel; serve() counts its own, a caller of reflect() counts what it sends"},
     {"last_activity", T_LONGLONG, offsetof(SessionObject, last_activity), READONLY,
         "monotonic ns of the last reflected packet"},
     {NULL, 0, 0, 0, NULL},

@@ -1,23 +1,20 @@
-"""The Session-Reflector: UDP ports, threads and session lifecycle around the sans-IO SessionReflector.
+"""The Session-Reflector: UDP ports, threads and session lifecycle around the per-packet reply builders.
 
-Speed is a requirement, so each reserved port gets its own thread running a plain blocking receive / sendto
-loop (asyncio costs several times more per datagram). The kernel stamps arrival (SO_TIMESTAMPNS, T2) and
-reports the TTL; the reply is built in a buffer prepared when the session was added, and T3 is read just
-before sendto. SO_RCVTIMEO wakes each loop regularly for housekeeping (Timeout after Stop-Sessions,
-REFWAIT, shutdown) without a poll() per datagram.
+Speed is a requirement, so each reserved port gets its own thread, and the per-packet work runs in C
+(nf/net/_fast_reflector.c) with the GIL released: recvmmsg takes every queued datagram with its own kernel
+receive timestamp (SO_TIMESTAMPNS, T2) and TTL, the session is found by source address, the reply is built
+from the layouts' field offsets, T3 is read just before its sendto. Python sees a packet only when the C
+loop hands it back: no active session for it (not started, past its Timeout, a stranger), or a drop to count
+and log (short, bad HMAC, rate limit, send failure). Python also wakes at each housekeeping deadline and
+when the socket's SO_RCVTIMEO expires, for Timeout after Stop-Sessions, REFWAIT and shutdown.
 
-Receiving is batched (recvmmsg, receive_batch): one call takes everything queued, and when only one datagram
-is waiting it costs the same as recvmsg. Each datagram keeps its own kernel timestamp, so T2 is exact. The
-replies are still sent one by one, each right after its T3 is read, because a batched send (sendmmsg,
-send_batch > 1) stamps T3 before the replies ahead of it in the batch have left: on the test VM that makes
-T3 early by about 4 us per reply ahead, for a saving that the per-reply queueing in Python mostly eats.
+With receive_batch 1, or without the C extension, the pure-Python loop (recvmsg, SessionReflector, sendto)
+serves instead; it builds the same replies (tests/test_fast_reflector.py) at about a quarter of the rate.
 
-Where the time goes (tests/benchmarks/reflector.py, 2-core VM): the kernel's loopback send is ~5-6 us of
-CPU per reply and its share of a batched receive ~1.5 us; the Python loop and reflect() add ~5 us
-(unauthenticated) or ~13 us (authenticated: AES block in and out, two HMAC-SHA1). The thread's CPU time per
-packet accounts for its wall-clock rate, so it is its own CPU, not the GIL shared with the asyncio control
-plane, that bounds it; a process per port would add IPC for session set-up and counters without removing
-any of that work.
+Where the time goes (tests/benchmarks/reflector.py, 2-core VM): the kernel's loopback send is ~3.5-5 us
+of CPU per reply and a batched receive ~1-1.5 us per datagram; the C reply builder adds well under 1 us
+(unauthenticated) or ~2-3 us (authenticated: two AES blocks, two HMAC-SHA1). A batched send (send_batch > 1)
+saves part of the send cost but stamps each T3 before the replies ahead of it in the batch have left.
 
 Thread-safety: the control side (any thread) adds, starts, stops and removes sessions; only the port's own
 thread touches packet counters, so they need no lock. on_session_end is called from a port thread (or from

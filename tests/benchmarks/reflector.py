@@ -13,8 +13,9 @@ Trials last long enough (2 s) that the 4 MB receive buffer cannot hide a reflect
 Other work on a shared host skews wall-clock figures, so every trial also prints the reflector thread's own
 CPU time per reflected packet (its CPU clock, user + kernel) and the load average at that moment, and the
 result line turns that CPU cost into the rate one whole core would sustain (wake-ups included, so a lower
-bound). A fixed rate (--compare-rate) is run with recvmsg + sendto, recvmmsg + sendto and recvmmsg +
-sendmmsg, alternated, to compare their CPU per packet; the host's system-call floor is printed first.
+bound). A fixed rate (--compare-rate) is run with the pure-Python loop (recvmsg + sendto, receive_batch 1)
+and the C loop (recvmmsg + sendto, and recvmmsg + sendmmsg), alternated, to compare their CPU per packet;
+the host's system-call floor is printed first.
 """
 
 from __future__ import annotations
@@ -331,13 +332,16 @@ def find_max_rate(bench: Bench, seconds: float, max_rate: float) -> Trial | None
 
 
 def per_packet_costs() -> None:
-    """The reflector's own work per packet (sans-IO reflect(), no sockets) and the syscall floor beside it."""
+    """The reflector's own work per packet (reply building, no sockets), in Python and in the C fast path,
+    and the system-call floor beside it."""
     import functools
     import timeit
 
+    from nf.net.reflector import native_session
     from nf.twamp.test_reflector import SessionReflector
 
     costs = []
+    native_costs = []
     for mode in (SecurityMode.UNAUTHENTICATED, SecurityMode.AUTHENTICATED, SecurityMode.ENCRYPTED):
         keys = TestSessionKeys(os.urandom(16), os.urandom(32)) if mode.test_is_protected else None
         params = TestSessionParams(
@@ -358,14 +362,20 @@ def per_packet_costs() -> None:
             )
         )
         costs.append(f"{mode.value} {seconds / n * 1e6:.1f} us")
-    print(f"per packet, CPU time: reflect() {', '.join(costs)}", flush=True)
+        fast = native_session(params, None, 1.0)
+        seconds = min(
+            timeit.repeat(
+                functools.partial(fast.reflect, wire, 1, 64, 2), number=n, repeat=3, timer=time.thread_time
+            )
+        )
+        native_costs.append(f"{mode.value} {seconds / n * 1e6:.2f} us")
+    print(f"per packet, CPU time: Python reflect() {', '.join(costs)}", flush=True)
+    print(f"per packet, CPU time: C reflect() {', '.join(native_costs)} (a Python call included)", flush=True)
     syscall_floor()
 
 
 def syscall_floor() -> None:
     """CPU per datagram of the system calls alone on this host (loopback, 105-octet replies, no reader)."""
-    from nf.net.batch_io import BatchReceiver, BatchSender
-
     a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     with a, b:
@@ -377,22 +387,15 @@ def syscall_floor() -> None:
         b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("@qq", 1, 0))
         payload = bytes(105)
         target = b.getsockname()
-        family = struct.pack("=H", socket.AF_INET)
-        raw_target = family + target[1].to_bytes(2, "big") + socket.inet_aton(HOST) + bytes(8)
         n = 16 * 1000
         clock = time.thread_time
         sendto = min(timeit_cpu(lambda: a.sendto(payload, target), n, clock)) / n
-        batch = BatchSender(a, 16, 2048)
-
-        def send_batch() -> None:
-            for _ in range(16):
-                batch.add(payload, raw_target)
-            batch.flush()
-
-        sendmmsg = min(timeit_cpu(send_batch, n // 16, clock)) / n
+        a.connect(target)
+        batch = _Batch(a, [payload] * 16)
+        sendmmsg = min(timeit_cpu(lambda: batch.send(16), n // 16, clock)) / n
         buf = bytearray(2048)
         recvmsg = min(timeit_cpu(lambda: b.recvmsg_into([buf], 256), n, clock)) / n
-        receiver = BatchReceiver(b, 16, 65536)
+        receiver = _Batch(b, [b""] * 16)
         recvmmsg = min(timeit_cpu(receiver.receive, n // 16, clock)) / n
     print(
         f"per datagram, CPU time of the system calls on this host: sendto {sendto * 1e6:.1f} us, "
@@ -415,7 +418,11 @@ def timeit_cpu(function: Callable[[], object], number: int, clock: Callable[[], 
 
 def compare_receive(mode: SecurityMode, args: argparse.Namespace) -> None:
     """CPU per packet at one fixed rate with each way of doing the I/O, alternated to share the noise."""
-    variants = {"recvmsg+sendto": (1, 1), "recvmmsg+sendto": (16, 1), "recvmmsg+sendmmsg": (16, 16)}
+    variants = {
+        "Python loop, recvmsg+sendto": (1, 1),
+        "C loop, recvmmsg+sendto": (16, 1),
+        "C loop, recvmmsg+sendmmsg": (16, 16),
+    }
     figures: dict[str, list[str]] = {name: [] for name in variants}
     for _ in range(2):
         for name, (receive_batch, send_batch) in variants.items():
