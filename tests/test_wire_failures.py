@@ -254,6 +254,38 @@ def test_servwait_is_suspended_while_a_session_runs(reflector_factory: Any) -> N
     assert stats["sessions"]["stopped"] == 1
 
 
+def test_servwait_still_applies_while_a_session_waits_for_its_start(reflector_factory: Any) -> None:
+    """Only a started session suspends SERVWAIT: before Start-Sessions no test packet can belong to the
+    connection, so a client that requests a session and then falls silent is closed after SERVWAIT, long
+    before REFWAIT would end the session (owamp's twampd stops its control timer at Start-Sessions too)."""
+    reflector = reflector_factory("--servwait", "1", "--refwait", "60")
+    host, port = split_hostport(reflector.address)
+    config = MeasurementConfig(host=host, port=port, mode=SecurityMode.UNAUTHENTICATED, timeout=20)
+
+    async def scenario() -> float:
+        control = ControlConnection(config, os.urandom)
+        await control.connect()
+        try:
+            assert control.machine is not None
+            await control.expect((SetupCompleted,), "setup")
+            control.machine.request_session(
+                SessionRequest(sender_port=40000, reflector_port=0, start_time=time.time(), timeout=1)
+            )
+            await control.expect((SessionAccepted,), "Accept-Session")
+            accepted = time.monotonic()
+            with pytest.raises(ControlClientError, match="server closed the control connection"):
+                await control.expect((StartAcked,), "the server to close")  # we send nothing more
+            return time.monotonic() - accepted
+        finally:
+            await control.close()
+
+    silent_for = asyncio.run(scenario())
+    assert silent_for < 20  # SERVWAIT (1 s) closed it, not REFWAIT (60 s)
+    stats = reflector.final_stats()
+    assert stats["connections"]["servwait_timeout"] == 1
+    assert "started" not in stats["sessions"]
+
+
 def _chain_config(address: str, keys: Path, chain: tuple[Modes, ...]) -> MeasurementConfig:
     """`mode` says encrypted, but the given ClientConfig (an RFC 8913 chain) is what goes on the wire."""
     host, port = split_hostport(address)

@@ -41,6 +41,7 @@ from nf.twamp.modes import Accept, Modes
 log = logging.getLogger(__name__)
 
 READ_SIZE = 65536
+_REFLECTING = frozenset({SessionState.STARTED, SessionState.STOPPING})  # states that suspend SERVWAIT
 
 # The control connection whose octets the machine is processing: (client address, client port, local address,
 # local port). Set in each connection's own task, so code the machine calls (a KeySource such as the RFC 7717
@@ -236,7 +237,7 @@ class _Connection:
                 owner.reflector.remove_session(sid)
 
     async def _read(self) -> bytes | None:
-        """Next chunk; b"" at EOF; None when SERVWAIT expired with no session of ours still running."""
+        """Next chunk; b"" at EOF; None when SERVWAIT expired with no started session of ours reflecting."""
         while True:
             try:
                 return await asyncio.wait_for(self.reader.read(READ_SIZE), self.owner.limits.servwait)
@@ -245,10 +246,12 @@ class _Connection:
                     return None
 
     def _sessions_running(self) -> bool:
-        """SERVWAIT is suspended while a test session of this connection is alive (REFWAIT governs it)."""
+        """SERVWAIT is suspended from a session's start until it ends (REFWAIT or its Timeout governs it
+        then), as owamp's twampd stops its control timer at Start-Sessions. A session accepted but not
+        started carries no test packets, so it does not keep an idle connection open."""
         for sid in self.sids:
             counters = self.owner.reflector.counters(sid)
-            if counters is not None and counters.state is not SessionState.ENDED:
+            if counters is not None and counters.state in _REFLECTING:
                 return True
         return False
 
