@@ -55,6 +55,7 @@ class WireRun:
         self.server_events: list[Any] = []
         self.client_events: list[Any] = []
         self.sent: dict[str, list[bytes]] = {"server": [], "client": []}
+        self.server_params: list[Any] = []  # what accept_session handed the reflector side
 
     def connect(self) -> None:
         client_sock = socket.create_connection((self.host, self.port), timeout=WAIT)
@@ -102,7 +103,7 @@ class WireRun:
 
     def _answer(self, event: Any) -> None:
         if isinstance(event, SessionRequested):
-            self.server.accept_session(40000, now=START + 1, server_octets=0x0A0B)
+            self.server_params.append(self.server.accept_session(40000, now=START + 1, server_octets=0x0A0B))
         elif isinstance(event, StartRequested):
             self.server.ack_start(Accept.OK)
 
@@ -125,7 +126,7 @@ class WireRun:
     def session(self) -> None:
         self.connect()
         self.until(lambda: any(isinstance(e, SetupCompleted) for e in self.client_events))
-        reflect = 6 if self.features & Modes.REFLECT_OCTETS else 0
+        reflecting = bool(self.features & Modes.REFLECT_OCTETS)
         self.client.request_session(
             SessionRequest(
                 sender_port=5000,
@@ -134,8 +135,8 @@ class WireRun:
                 timeout=3.0,
                 padding_length=41,
                 dscp=46,
-                octets_to_reflect=reflect,
-                padding_to_reflect=reflect,
+                octets_to_reflect=6 if reflecting else 0,
+                padding_to_reflect=2 if reflecting else 0,  # the two Server Octets, as fnoobt's client asks
             )
         )
         self.until(lambda: any(isinstance(e, SessionAccepted) for e in self.client_events))
@@ -164,6 +165,11 @@ def test_session_over_loopback_tcp(host: str, security: Modes) -> None:
         params.reflector_port == 40000 and params.reflector_address == host and params.sender_address == host
     )
     assert params.reflect_octets == 6 and params.server_octets == b"\x0a\x0b"
+    # RFC 6038 Length of padding to reflect reaches the test plane on both sides, apart from Octets to be
+    # reflected: it is the count of padding octets the reflector returns (RFC 6038 s5.1.3, EID 6408).
+    assert params.padding_to_reflect == 2
+    assert [p.padding_to_reflect for p in run.server_params] == [2]
+    assert run.server_params[0].reflect_octets == 6
     assert (params.keys is not None) is (security in (Modes.AUTHENTICATED, Modes.ENCRYPTED))
     assert [type(e).__name__ for e in run.server_events] == [
         "SetupCompleted",
@@ -260,6 +266,9 @@ def test_wireshark_finds_every_field_where_we_put_it(capture: Any) -> None:
     # RFC 6038 octets, which Wireshark 4.0 shows as MBZ: Reflected octets and Server octets at 20-23.
     accept_octets = b"".join(run.sent["server"])[64 + 48 : 64 + 48 + 48]
     assert accept_octets[20:24] == b"\x00\x06\x0a\x0b"
+    # ... and Octets to be reflected, Length of padding to reflect at 88-91 of Request-TW-Session.
+    request_octets = b"".join(run.sent["client"])[164 : 164 + 112]
+    assert request_octets[88:92] == b"\x00\x06\x00\x02"
 
 
 @pytest.mark.tshark

@@ -478,6 +478,7 @@ class ControlClient:
             server_octets=reply.server_octets.to_bytes(2, "big"),
             symmetric=bool(self._mode & Modes.SYMMETRICAL_SIZE),
             keys=self._keys.test_session_keys(reply.sid) if protected and self._keys is not None else None,
+            padding_to_reflect=request.padding_to_reflect if self._mode & Modes.REFLECT_OCTETS else 0,
         )
         self._sessions[reply.sid] = params
         self._events.append(SessionAccepted(params))

@@ -21,22 +21,28 @@ Accept=1; IKEv2-derived mode (bit 7) and no IKE SA for SPIi|SPIr -> Accept=6 (RF
 our Challenge -> Accept=1; a failing KeySource -> Accept=2; all then close. A bad HMAC, a malformed message or
 a command out of turn closes the connection with no reply. Every one is a ControlFailure reason.
 
-Where the RFC text could not be read and these are our reading, checked against other implementations:
-- Accept for a refused Mode: 3 ("some aspect of request is not supported"). perfSONAR owamp (sapi.c
-  OWPControlAccept) answers 1 for a mode it did not offer and closes without Server-Start when the Mode is
-  not exactly one security mode; RFC 4656 s3.3 lets a sender use 1 for every refusal and makes the receiver
-  read values it does not know as 1, so any non-zero value is a refusal to every client. Unknown Key ID and a
-  wrong Token -> 1, and a failing key store -> 2, are what owamp sends too.
+Where the RFC text could not be read in full, our reading and what it rests on:
+- Accept for a refused Mode: 3 ("some aspect of request is not supported"). RFC 4656 s3.3 lets a sender use
+  1 for every refusal but asks for the right value when it uses others, and makes the receiver read values
+  it does not know as 1, so any non-zero value is a refusal to every client. emirica/fnoobt twamp-protocol
+  (server.c) also answers 3 for a Mode with no usable bit. perfSONAR owamp (sapi.c OWPControlAccept) closes
+  without Server-Start when the Mode is not exactly one security mode, and meant to answer 1 for a mode not
+  offered (early versions test `mode & ~offered`; current ones `!(mode | offered)`, which no non-zero Mode
+  reaches). Unknown Key ID and a wrong Token -> 1, and a failing key store -> 2, are what owamp sends too.
 - SERVWAIT (RFC 5357 s3.1: the server MAY close a control connection with no packet "associated with that
-  connection" for SERVWAIT seconds): `awaiting_client` is true in TESTING too; the listener counts a test
-  session of the connection that is still alive as such activity and lets REFWAIT govern it.
+  connection" for SERVWAIT seconds): `awaiting_client` is true in TESTING too; the listener suspends SERVWAIT
+  while a started session of the connection is still reflecting (REFWAIT or its Timeout governs it then), as
+  owamp's twampd stops its control timer from Start-Sessions until the sessions are over (owampd.c). A
+  session accepted but not yet started does not suspend it.
 - RFC 5938: Start-N/Stop-N naming an unknown, repeated or no SID is answered with the matching -Ack carrying
   Accept=1 and the connection stays up; Stop-Sessions still stops every session of the connection. Whether a
-  session stopped by Stop-N may be started again is left to the adapter (the listener refuses, Accept=1).
+  session stopped by Stop-N may be started again is left to the adapter (the listener refuses, Accept=1);
+  no stored RFC 5938 text or implementation settles it.
 - RFC 6038: Octets to be reflected is granted as asked (Reflected Octets = the request's value) and
-  Server Octets is the adapter's choice. "Length of padding to reflect" is parsed, refused as non-zero MBZ
-  without Reflect Octets, and passed on in SessionRequested; the reflector does not act on it (its replies
-  follow the received packet's length), since its meaning could not be confirmed.
+  Server Octets is the adapter's choice. "Length of padding to reflect" counts the octets at the start of
+  the sender's padding that the reflector returns at the start of its own: RFC 6038 s5.1.3 (quoted in
+  verified erratum EID 6408) has the sender append the truncation amount plus this length. It is refused
+  as non-zero MBZ without Reflect Octets and handed to the test plane as TestSessionParams.padding_to_reflect.
 - Stop-Sessions whose Number of Sessions differs from the sessions of the connection fails the connection,
   as owamp's twampd does (protocol.c _OWPReadStopSessions); some other reflectors ignore the field.
 """
@@ -251,7 +257,8 @@ class ControlServer:
         reflector = self._resolve(request.receiver_address, self._local)
         sender = self._resolve(request.sender_address, self._peer)
         sid = self._make_sid(reflector, now)
-        reflect = request.octets_to_reflect if self._mode & Modes.REFLECT_OCTETS else 0
+        reflecting = bool(self._mode & Modes.REFLECT_OCTETS)
+        reflect = request.octets_to_reflect if reflecting else 0
         params = TestSessionParams(
             sid=sid,
             mode=self._security,
@@ -269,6 +276,7 @@ class ControlServer:
             keys=self._keys.test_session_keys(sid)
             if self._keys is not None and self._security.test_is_protected
             else None,
+            padding_to_reflect=request.padding_to_reflect if reflecting else 0,
         )
         self._sessions[sid] = params
         self._out.send_message(

@@ -26,7 +26,11 @@ class TestSessionParams:
     start_time: float  # Unix seconds
     timeout: float  # seconds the reflector keeps reflecting after Stop-Sessions
     dscp: int  # from the Type-P descriptor
-    reflect_octets: int  # RFC 6038: octets of padding the reflector copies back (0 = none)
+    reflect_octets: int  # RFC 6038 Octets to be reflected, as granted in Accept-Session (0 = none)
     server_octets: bytes  # RFC 6038: 2 octets from Accept-Session, echoed in the sender's padding
     symmetric: bool  # RFC 6038 Symmetrical Size sender format
     keys: TestSessionKeys | None  # present exactly when mode.test_is_protected
+    # RFC 6038 "Length of padding to reflect": how many octets at the start of the sender's padding come back
+    # at the start of the reply's padding (RFC 6038 s5.1.3, EID 6408: the sender pads the truncation amount
+    # plus this length, so the truncated reply still holds them). 0 = none; only with Reflect Octets.
+    padding_to_reflect: int = 0
