@@ -99,11 +99,33 @@ def test_c_replies_equal_the_python_reference(
 
 
 def test_a_reply_that_cannot_fit_a_datagram_is_refused_as_too_long() -> None:
-    params = _params(SecurityMode.UNAUTHENTICATED, reflect_octets=MAX_UDP_PAYLOAD)
-    packet = TestPacketCodec(params.mode, None).encode_sender(SenderPacket(1, 2, 3))
-    assert native_session(params, None, 1.0).reflect(packet, 1, 255, 2) == native.TOO_LONG
+    """Keeping the reflected octets makes the reply longer than the request; at the UDP limit it cannot be."""
+    params = _params(SecurityMode.UNAUTHENTICATED, reflect_octets=0xFFFF)
+    codec = TestPacketCodec(params.mode, None)
+    largest = codec.encode_sender(SenderPacket(1, 2, 3, bytes(MAX_UDP_PAYLOAD - 14)))
+    assert native_session(params, None, 1.0).reflect(largest, 1, 255, 2) == native.TOO_LONG
     with pytest.raises(TestPacketError, match="too-long"):
-        SessionReflector(params, 0).reflect(bytearray(packet), len(packet), 1, 255, lambda: 2)
+        SessionReflector(params, 0).reflect(bytearray(largest), len(largest), 1, 255, lambda: 2)
+
+
+@pytest.mark.parametrize("mode", [SecurityMode.UNAUTHENTICATED, SecurityMode.AUTHENTICATED])
+def test_reflected_octets_are_kept_but_never_padded_out(mode: SecurityMode) -> None:
+    """RFC 6038: the octets to reflect survive the truncation; a sender that asked for 60000 of them and
+    sent 10 gets its 10 back, not a 60 kB reply (the reflector is no amplifier)."""
+    params = _params(mode, reflect_octets=60000)
+    codec = TestPacketCodec(mode, params.keys)
+    header = codec.reflector_layout.size
+    for padding in (b"", b"0123456789", bytes(range(200))):
+        packet = codec.encode_sender(SenderPacket(1, 2, 3, padding))
+        for engine in (native_session(params, None, 1.0), SessionReflector(params, 0)):
+            if isinstance(engine, SessionReflector):
+                reply = bytes(engine.reflect(bytearray(packet), len(packet), 1, 255, lambda: 2))
+            else:
+                built = engine.reflect(packet, 1, 255, 2)
+                assert isinstance(built, bytes)
+                reply = built
+            assert len(reply) == header + len(padding) <= len(packet) + header - codec.sender_layout.size
+            assert codec.decode_reflector(reply).padding == padding
 
 
 def test_keys_do_not_come_back_out() -> None:

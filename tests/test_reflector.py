@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import socket
 import threading
@@ -488,3 +489,19 @@ def test_a_packet_the_c_loop_hands_back_for_a_started_session_is_reflected_by_py
         counters = _counters(reflector, params.sid)
         assert counters.reflected == 5 and not any(counters.dropped.values())
         assert reflector.totals().send_calls == 5
+
+
+@pytest.mark.parametrize("mode", [SecurityMode.UNAUTHENTICATED, SecurityMode.AUTHENTICATED])
+def test_length_of_padding_to_reflect_on_the_wire(reflector: Reflector, mode: SecurityMode) -> None:
+    """RFC 6038 s5.1.3: the sender pads by the truncation plus Length of padding to reflect (8 here, with no
+    padding asked for), and the reply is as long as the request, its padding the first 8 octets sent."""
+    with SessionSender("127.0.0.1") as sender:
+        asked = _params(sender, reflector.reserve_port("127.0.0.1"), mode, padding=0, reflect_octets=2)
+        params = dataclasses.replace(asked, padding_to_reflect=8)
+        reflector.add_session(params)
+        reflector.start_session(params.sid)
+        result = sender.run(params, count=3, interval=0.0, reply_timeout=WAIT)
+    assert result.received == 3
+    sent = (48 if mode.test_is_protected else 14) + (64 if mode.test_is_protected else 27) + 8
+    assert {r.reply_length for r in result.records} == {sent}
+    assert {r.reflected_octets for r in result.records} == {b"\x5a\xa5"}  # the Server Octets, sent first

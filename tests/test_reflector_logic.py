@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import pytest
@@ -113,13 +114,26 @@ def test_reflect_octets_lead_the_reply_padding(mode: SecurityMode, symmetric: bo
     assert codec.decode_reflector(_reflect(engine, wire)).padding[:4] == b"\x11\x22\x33\x44"
 
 
-def test_reflect_octets_beyond_the_received_padding_are_zero() -> None:
+def test_reflect_octets_the_sender_did_not_send_are_not_made_up() -> None:
+    """Fewer padding octets than the session reflects: those come back, and no zeros after them (no fill
+    that would let a request for many reflected octets turn short packets into long replies)."""
     params = _params(SecurityMode.UNAUTHENTICATED, reflect_octets=6)
     codec = TestPacketCodec(params.mode, None)
     engine = SessionReflector(params, 0)
     _reflect(engine, codec.encode_sender(SenderPacket(1, 2, 3, b"\xff" * 100)))  # dirties the buffer
     reply = codec.decode_reflector(_reflect(engine, codec.encode_sender(SenderPacket(1, 2, 3, b"\x07\x08"))))
-    assert reply.padding == b"\x07\x08" + bytes(4)
+    assert reply.padding == b"\x07\x08"
+
+
+def test_length_of_padding_to_reflect_survives_the_truncation() -> None:
+    """RFC 6038 s5.1.3: the sender pads by the truncation plus this length; that many octets come back."""
+    asked = _params(SecurityMode.UNAUTHENTICATED, reflect_octets=2)
+    params = dataclasses.replace(asked, padding_to_reflect=10)
+    codec = TestPacketCodec(params.mode, None)
+    engine = SessionReflector(params, 0)
+    padding = bytes(range(27 + 10))
+    reply = codec.decode_reflector(_reflect(engine, codec.encode_sender(SenderPacket(1, 2, 3, padding))))
+    assert reply.padding == padding[:10]  # 14 + 37 octets in, 41 + 10 out: the same length
 
 
 @pytest.mark.parametrize("mode", [SecurityMode.AUTHENTICATED, SecurityMode.ENCRYPTED])

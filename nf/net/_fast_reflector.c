@@ -181,7 +181,7 @@ typedef struct {
     PyObject_HEAD
     SenderLayout in;
     ReplyLayout out;
-    int reflect_octets;
+    int keep_octets; /* octets at the start of the padding kept despite truncation (RFC 6038) */
     EVP_CIPHER_CTX *encrypt; /* own copies: the Keys object may be shared or dropped */
     EVP_CIPHER_CTX *decrypt;
     EVP_MAC_CTX *mac;
@@ -204,17 +204,17 @@ static int layout_fits(int offset, int width, int size) {
 }
 
 static int Session_init(SessionObject *self, PyObject *args, PyObject *kwds) {
-    static char *names[] = {"sender", "reply", "keys", "reflect_octets", "rate", "burst", "now_ns", NULL};
+    static char *names[] = {"sender", "reply", "keys", "keep_octets", "rate", "burst", "now_ns", NULL};
     PyObject *keys = Py_None;
     SenderLayout in;
     ReplyLayout out;
     double rate = 0.0, burst = 1.0;
     long long now = 0;
-    int reflect_octets = 0;
+    int keep_octets = 0;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "(iiiiii)(iiiiiiiiiii)|OiddL", names, &in.size, &in.seq,
             &in.timestamp, &in.error_estimate, &in.hmac, &in.covered, &out.size, &out.seq, &out.timestamp,
             &out.error_estimate, &out.receive_timestamp, &out.sender_seq, &out.sender_timestamp,
-            &out.sender_error_estimate, &out.sender_ttl, &out.hmac, &out.covered, &keys, &reflect_octets,
+            &out.sender_error_estimate, &out.sender_ttl, &out.hmac, &out.covered, &keys, &keep_octets,
             &rate, &burst, &now))
         return -1;
     int protected_ = keys != Py_None;
@@ -237,8 +237,8 @@ static int Session_init(SessionObject *self, PyObject *args, PyObject *kwds) {
         PyErr_SetString(PyExc_ValueError, "the layouts do not describe TWAMP-Test packets of that protection");
         return -1;
     }
-    if (reflect_octets < 0 || reflect_octets > MAX_UDP_PAYLOAD || rate < 0 || burst < 1) {
-        PyErr_SetString(PyExc_ValueError, "reflect_octets, rate or burst out of range");
+    if (keep_octets < 0 || keep_octets > 0xFFFF || rate < 0 || burst < 1) {
+        PyErr_SetString(PyExc_ValueError, "keep_octets, rate or burst out of range");
         return -1;
     }
     keys_free_contexts(&self->encrypt, &self->decrypt, &self->mac);
@@ -260,7 +260,7 @@ static int Session_init(SessionObject *self, PyObject *args, PyObject *kwds) {
     }
     self->in = in;
     self->out = out;
-    self->reflect_octets = reflect_octets;
+    self->keep_octets = keep_octets;
     self->seq = 0;
     self->error_estimate = 0;
     self->active_until = 0;
@@ -307,11 +307,13 @@ static int build_reply(SessionObject *s, const uint8_t *data, Py_ssize_t n, uint
         if (CRYPTO_memcmp(expected, data + in->hmac, 16) != 0) return RC_BAD_HMAC;
         head = clear;
     }
-    /* RFC 5357 s4.2.1: as long as the sender's packet (padding cut by the header difference); RFC 6038:
-     * always room for the octets the session reflects, which start the padding both ways. */
+    /* RFC 5357 s4.2.1: as long as the sender's packet (padding cut by the header difference); RFC 6038: the
+     * octets the session reflects, which start the padding, survive the cut as far as the sender sent them
+     * (never a zero fill: a reply cannot outgrow its request by more than the header difference). */
     Py_ssize_t padding_in = n - in->size;
     Py_ssize_t padding_out = padding_in - (out->size - in->size);
-    if (padding_out < s->reflect_octets) padding_out = s->reflect_octets;
+    Py_ssize_t keep = s->keep_octets < padding_in ? s->keep_octets : padding_in;
+    if (padding_out < keep) padding_out = keep;
     if (out->size + padding_out > MAX_UDP_PAYLOAD) return RC_TOO_LONG;
     Py_ssize_t copied = padding_in < padding_out ? padding_in : padding_out;
     memset(reply, 0, (size_t)out->size);

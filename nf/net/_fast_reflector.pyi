@@ -22,7 +22,7 @@ class Session:
         sender: tuple[int, int, int, int, int, int],
         reply: tuple[int, int, int, int, int, int, int, int, int, int, int],
         keys: Keys | None = None,
-        reflect_octets: int = 0,
+        keep_octets: int = 0,
         rate: float = 0.0,
         burst: float = 1.0,
         now_ns: int = 0,

@@ -55,7 +55,7 @@ from nf.net.socket_options import (
     set_send_ttl,
 )
 from nf.twamp.test_packets import TestPacketCodec, TestPacketError, ntp_from_ns, ntp_now
-from nf.twamp.test_reflector import DropReason, SessionReflector, TokenBucket
+from nf.twamp.test_reflector import DropReason, SessionReflector, TokenBucket, keep_octets
 from nf.twamp.test_session import TestSessionParams
 
 try:  # built at install from nf/net/_fast_reflector.c
@@ -172,7 +172,7 @@ def native_session(params: TestSessionParams, rate: float | None, burst: float) 
             reply_covered,
         ),  # type: ignore[arg-type]
         params.keys.native() if params.keys is not None else None,
-        params.reflect_octets,
+        keep_octets(params),
         rate or 0.0,
         burst,
         time.monotonic_ns(),

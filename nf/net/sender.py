@@ -200,7 +200,14 @@ class SessionSender:
         set_dscp(self._sock, params.dscp)
         destination = (params.reflector_address, params.reflector_port)
         expected = self._expected_source(params)
-        padding = bytearray(random_bytes(params.padding_length)) if params.padding_length else bytearray()
+        # RFC 6038: the octets the session reflects must be there to reflect, and with Length of padding to
+        # reflect the sender pads by the reflector's truncation plus that length (s5.1.3).
+        length = max(
+            params.padding_length,
+            params.reflect_octets,
+            codec.truncation + params.padding_to_reflect if params.padding_to_reflect else 0,
+        )
+        padding = bytearray(random_bytes(length)) if length else bytearray()
         if any(params.server_octets) and len(padding) >= len(params.server_octets):
             # RFC 6038: non-zero Server Octets from Accept-Session lead the Packet Padding (after the 27 MBZ
             # octets of the Symmetrical Size layout), where the reflector can read and reflect them.

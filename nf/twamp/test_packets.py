@@ -141,7 +141,10 @@ SENDER_AUTH = Layout(
         ("hmac", "16s"),
     ),
 )
-# RFC 6038 Symmetrical Size, authenticated/encrypted: HMAC at 96 like the reply (placement UNVERIFIED).
+# RFC 6038 Symmetrical Size, authenticated/encrypted: the ordinary protected header (HMAC at 32, the same
+# coverage), then 64 MBZ octets so the packet is as long as the reply's header. The RFC figure could not be
+# read here; this is how two independent implementations lay it out (slogr-agent-kotlin PacketPadding.kt and
+# SenderEncryptUPacket.kt, ncode/twamp server.go), so it is what a peer sends.
 SENDER_AUTH_SYMMETRIC = Layout(
     "sender-auth-symmetric",
     (
@@ -149,8 +152,9 @@ SENDER_AUTH_SYMMETRIC = Layout(
         ("mbz1", "12x"),
         ("timestamp", "Q"),
         ("error_estimate", "H"),
-        ("mbz2", "70x"),
+        ("mbz2", "6x"),
         ("hmac", "16s"),
+        ("mbz3", "64x"),
     ),
 )
 # RFC 5357 s4.2.1: Session-Reflector, unauthenticated and mixed.
@@ -218,12 +222,13 @@ class ReflectorPacket:
 class _Crypto:
     """The packet protection of one security mode, over a given layout (which part, which cipher)."""
 
-    __slots__ = ("_decrypt_block", "_encrypt_block", "_keys", "_mode", "covered", "hmac_offset")
+    __slots__ = ("_decrypt_block", "_encrypt_block", "_keys", "_mode", "covered", "hmac_offset", "size")
 
     def __init__(self, mode: SecurityMode, keys: TestSessionKeys, layout: Layout) -> None:
         self._mode = mode
         self._keys = keys
         self.hmac_offset = layout.offsets["hmac"]
+        self.size = layout.size  # the header may go on past the HMAC (Symmetrical Size MBZ octets)
         # Octets encrypted and HMACed: the first block (authenticated) or all before the HMAC (encrypted).
         self.covered = 16 if mode is SecurityMode.AUTHENTICATED else self.hmac_offset
         # Prepared ECB contexts: one per codec, so a codec must stay on one thread (each session's does).
@@ -245,11 +250,12 @@ class _Crypto:
             buf[:covered] = self._keys.cbc_encrypt(plain)
 
     def unprotect(self, data: bytes | bytearray | memoryview) -> bytes:
-        """The plaintext header (through the HMAC field); raises TestPacketError when the HMAC is wrong."""
+        """The plaintext header (the layout's whole size); raises TestPacketError when the HMAC is wrong."""
         covered = self.covered
-        head = bytes(data[: self.hmac_offset + 16])
+        head = bytes(data[: self.size])
         plain = self._decrypt_block(head[:16]) if covered == 16 else self._keys.cbc_decrypt(head[:covered])
-        if not hmac.compare_digest(self._keys.hmac16(plain), head[self.hmac_offset :]):
+        at = self.hmac_offset
+        if not hmac.compare_digest(self._keys.hmac16(plain), head[at : at + 16]):
             raise TestPacketError(TestPacketErrorReason.BAD_HMAC, "HMAC does not match the packet")
         return plain + head[covered:]
 

@@ -69,14 +69,25 @@ class TokenBucket:
         return False
 
 
+def keep_octets(params: TestSessionParams) -> int:
+    """Octets at the start of the sender's padding that a reply keeps despite truncation (RFC 6038).
+
+    The session's Octets to be reflected and Length of padding to reflect; RFC 6038 s5.1.3 has a conforming
+    sender pad by the truncation plus this length, so every such octet is there to keep. A sender that pads
+    less gets back what it sent and no zero fill: a reply never outgrows its request by more than the header
+    difference, so these fields cannot turn the reflector into an amplifier.
+    """
+    return max(params.reflect_octets, params.padding_to_reflect)
+
+
 class SessionReflector:
     """Builds the replies of one test session; keeps the reflector's own sequence number."""
 
     __slots__ = (
         "_buf",
+        "_keep_octets",
         "_mode",
         "_pack_reply",
-        "_reflect_octets",
         "_reply_crypto",
         "_reply_size",
         "_sender_crypto",
@@ -106,7 +117,7 @@ class SessionReflector:
         # Authenticated mode: T3 is outside the ECB block and the HMAC, so protect first and stamp last.
         self._stamp_last = params.mode is SecurityMode.AUTHENTICATED
         self._mode = params.mode
-        self._reflect_octets = params.reflect_octets
+        self._keep_octets = keep_octets(params)
         self._buf = bytearray(MAX_UDP_PAYLOAD)
         self._view = memoryview(self._buf)
         self.error_estimate = error_estimate  # raw Error Estimate word of the reflector's clock
@@ -128,12 +139,13 @@ class SessionReflector:
         head = data if crypto is None else crypto.unprotect(data[:nbytes])
         sender_seq, sender_ts, sender_ee = self._unpack_sender(head)
 
-        # RFC 5357 s4.2.1: same size both ways (truncate by the header difference); RFC 6038: always room for
-        # the octets the session agreed to reflect, which start the padding in both directions.
+        # RFC 5357 s4.2.1: same size both ways (truncate by the header difference); RFC 6038: the octets the
+        # session reflects, which start the padding, survive the truncation, as far as the sender sent them.
         padding_in = nbytes - size
         padding_out = padding_in - self._truncation
-        if padding_out < self._reflect_octets:
-            padding_out = self._reflect_octets
+        keep = self._keep_octets if self._keep_octets < padding_in else padding_in
+        if padding_out < keep:
+            padding_out = keep
         base = self._reply_size
         if base + padding_out > MAX_UDP_PAYLOAD:  # only a Reflect Octets count near 64 KiB gets here
             raise TestPacketError(

@@ -494,12 +494,15 @@ def main() -> int:
             turn = sorted(half.turnarounds_us)
             p50 = statistics.median(turn) if turn else float("nan")
             p99 = turn[int(len(turn) * 0.99)] if turn else float("nan")
+            p999 = turn[int(len(turn) * 0.999)] if turn else float("nan")
+            worst = turn[-1] if turn else float("nan")
             print(
                 f"RESULT {mode.value}: max lossless {best.achieved:,.0f} pps "
                 f"(kernel receive timestamps: {timestamps}; reflector CPU {best.cpu_us_per_packet:.1f} "
                 f"us/packet, i.e. {1e6 / best.cpu_us_per_packet:,.0f} pps if it had a core to itself; "
                 f"load {best.load:.2f}); at {half.achieved:,.0f} pps turnaround T3-T2 "
-                f"p50 {p50:.1f} us, p99 {p99:.1f} us over {len(turn)} replies "
+                f"p50 {p50:.1f} us, p99 {p99:.1f} us, p99.9 {p999:.1f} us, max {worst:.1f} us "
+                f"over {len(turn)} replies "
                 f"(loss {half.sent - half.received}; CPU {half.cpu_us_per_packet:.1f} us/packet, "
                 f"load {half.load:.2f})",
                 flush=True,
