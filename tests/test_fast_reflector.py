@@ -153,6 +153,38 @@ def test_layouts_that_do_not_fit_are_refused() -> None:
         native.Session((48, 0, 16, 24, 32, 16), (112, 0, 16, 24, 32, 48, 64, 72, 80, 96, 16))  # keys missing
     with pytest.raises(ValueError, match="out of range"):
         native.Session(open_sender, open_reply, None, -1)
+    with pytest.raises(ValueError, match="out of range"):
+        native.Session(open_sender, open_reply, None, 0, float("nan"))
+    huge = 2**31 - 1  # offset + width would wrap a C int
+    with pytest.raises(ValueError, match="layouts"):
+        native.Session(open_sender, (41, 0, 4, 12, 16, 24, 28, 36, huge, -1, 0))
+    with pytest.raises(ValueError, match="layouts"):
+        native.Session((48, 0, 16, 24, huge, 16), (112, 0, 16, 24, 32, 48, 64, 72, 80, 96, 16), keys)
+
+
+def test_sessions_and_ports_are_set_up_once_and_used_once() -> None:
+    """Re-initialising or sharing what a port thread may be using without the GIL is refused."""
+    open_sender, open_reply = (14, 0, 4, 12, -1, 0), (41, 0, 4, 12, 16, 24, 28, 36, 40, -1, 0)
+    session = native.Session(open_sender, open_reply)
+    with pytest.raises(RuntimeError, match="once"):
+        session.__init__(open_sender, open_reply)  # type: ignore[misc]
+    blank = native.Session.__new__(native.Session)
+    with pytest.raises(RuntimeError, match="not initialised"):
+        blank.reflect(bytes(14), 1, 64, 2)
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as a,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as b,
+    ):
+        a.bind(("127.0.0.1", 0))
+        b.bind(("127.0.0.1", 0))
+        first, second = native.Port(a.fileno()), native.Port(b.fileno())
+        first.add(session, b"", 0, 0)
+        with pytest.raises(RuntimeError, match="already belongs"):
+            second.add(session, b"", 0, 0)
+        assert first.remove(session)
+        second.add(session, b"", 0, 0)  # free again once removed
+        with pytest.raises(RuntimeError, match="not initialised"):
+            native.Port.__new__(native.Port).serve(0, 0)
 
 
 def _socket_pair() -> tuple[socket.socket, socket.socket]:

@@ -505,3 +505,23 @@ def test_length_of_padding_to_reflect_on_the_wire(reflector: Reflector, mode: Se
     sent = (48 if mode.test_is_protected else 14) + (64 if mode.test_is_protected else 27) + 8
     assert {r.reply_length for r in result.records} == {sent}
     assert {r.reflected_octets for r in result.records} == {b"\x5a\xa5"}  # the Server Octets, sent first
+
+
+@pytest.mark.parametrize("receive_batch", [1, 16])
+def test_an_ended_session_yields_to_a_started_wildcard(receive_batch: int) -> None:
+    """While an ended session lingers (to count late packets), a started wildcard session on the same port
+    takes its sender's packets, in the Python loop and the C loop alike."""
+    config = ReflectorConfig(poll_interval=0.05, linger=30.0, receive_batch=receive_batch)
+    with Reflector(config) as reflector, SessionSender("127.0.0.1") as sender:
+        port = reflector.reserve_port("127.0.0.1")
+        exact = _params(sender, port)
+        wildcard = _params(sender, port, sender_port=0)
+        for params in (exact, wildcard):
+            reflector.add_session(params)
+            reflector.start_session(params.sid)
+        reflector.remove_session(exact.sid)
+        assert sender.run(wildcard, count=4, interval=0.0, reply_timeout=WAIT).received == 4
+        assert _counters(reflector, wildcard.sid).reflected == 4
+        assert _counters(reflector, exact.sid).reflected == 0 and not any(
+            _counters(reflector, exact.sid).dropped.values()
+        )

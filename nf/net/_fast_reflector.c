@@ -31,8 +31,16 @@
 
 #include <openssl/core_names.h>
 #include <openssl/crypto.h>
+#include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/params.h>
+
+/* EVP_MAC_init with no key restarts an HMAC only from OpenSSL 3.0.3 (openssl#17811, fixed by #18100); before
+ * that every packet's HMAC would run on from the previous one. */
+#define MIN_OPENSSL 0x30000030L
+#if OPENSSL_VERSION_NUMBER < MIN_OPENSSL
+#error "the reflector fast path needs OpenSSL 3.0.3 or newer"
+#endif
 
 #define MAX_UDP_PAYLOAD 65507 /* IPv4 bound; the largest reply ever built (as in test_packets.py) */
 #define SLOT_SIZE 65536       /* one received datagram; UDP cannot exceed it, so nothing is truncated */
@@ -179,6 +187,8 @@ typedef struct {
 
 typedef struct {
     PyObject_HEAD
+    int ready;    /* initialised once; never re-initialised (a Port may be using it without the GIL) */
+    int attached; /* in a Port's table: only that port's thread may use it */
     SenderLayout in;
     ReplyLayout out;
     int keep_octets; /* octets at the start of the padding kept despite truncation (RFC 6038) */
@@ -200,7 +210,7 @@ static void Session_dealloc(SessionObject *self) {
 }
 
 static int layout_fits(int offset, int width, int size) {
-    return offset >= 0 && offset + width <= size;
+    return offset >= 0 && width <= size && offset <= size - width; /* no int overflow for any input */
 }
 
 static int Session_init(SessionObject *self, PyObject *args, PyObject *kwds) {
@@ -217,6 +227,10 @@ static int Session_init(SessionObject *self, PyObject *args, PyObject *kwds) {
             &out.sender_error_estimate, &out.sender_ttl, &out.hmac, &out.covered, &keys, &keep_octets,
             &rate, &burst, &now))
         return -1;
+    if (self->ready) {
+        PyErr_SetString(PyExc_RuntimeError, "a Session is initialised once");
+        return -1;
+    }
     int protected_ = keys != Py_None;
     if (protected_ && !PyObject_TypeCheck(keys, &KeysType)) {
         PyErr_SetString(PyExc_TypeError, "keys must be a Keys object or None");
@@ -224,10 +238,10 @@ static int Session_init(SessionObject *self, PyObject *args, PyObject *kwds) {
     }
     int covers_ok = protected_
         ? (in.covered > 0 && in.covered % 16 == 0 && in.covered <= in.hmac && layout_fits(in.hmac, 16, in.size)
-           && in.hmac + 16 <= HEAD_MAX && out.covered > 0 && out.covered % 16 == 0 && out.covered <= out.hmac
+           && in.hmac <= HEAD_MAX - 16 && out.covered > 0 && out.covered % 16 == 0 && out.covered <= out.hmac
            && layout_fits(out.hmac, 16, out.size))
         : (in.covered == 0 && out.covered == 0 && in.hmac < 0 && out.hmac < 0);
-    if (!covers_ok || in.size > HEAD_MAX || out.size > HEAD_MAX || !layout_fits(in.seq, 4, in.size)
+    if (!covers_ok || in.size > HEAD_MAX || out.size > HEAD_MAX || in.size <= 0 || !layout_fits(in.seq, 4, in.size)
         || !layout_fits(in.timestamp, 8, in.size) || !layout_fits(in.error_estimate, 2, in.size)
         || !layout_fits(out.seq, 4, out.size) || !layout_fits(out.timestamp, 8, out.size)
         || !layout_fits(out.error_estimate, 2, out.size) || !layout_fits(out.receive_timestamp, 8, out.size)
@@ -237,11 +251,10 @@ static int Session_init(SessionObject *self, PyObject *args, PyObject *kwds) {
         PyErr_SetString(PyExc_ValueError, "the layouts do not describe TWAMP-Test packets of that protection");
         return -1;
     }
-    if (keep_octets < 0 || keep_octets > 0xFFFF || rate < 0 || burst < 1) {
+    if (keep_octets < 0 || keep_octets > 0xFFFF || !(rate >= 0) || !(burst >= 1)) { /* NaN fails too */
         PyErr_SetString(PyExc_ValueError, "keep_octets, rate or burst out of range");
         return -1;
     }
-    keys_free_contexts(&self->encrypt, &self->decrypt, &self->mac);
     if (protected_) {
         KeysObject *k = (KeysObject *)keys;
         if (k->encrypt == NULL) {
@@ -270,6 +283,7 @@ static int Session_init(SessionObject *self, PyObject *args, PyObject *kwds) {
     self->bucket_time = now;
     self->last_activity = now;
     self->reflected = 0;
+    self->ready = 1;
     return 0;
 }
 
@@ -301,9 +315,11 @@ static int build_reply(SessionObject *s, const uint8_t *data, Py_ssize_t n, uint
     uint8_t clear[HEAD_MAX];
     if (in->covered) { /* decrypt the covered part, check its HMAC, read the rest in clear */
         uint8_t expected[16];
-        memcpy(clear, data, (size_t)(in->hmac + 16));
-        if (!cbc(s->decrypt, data, clear, in->covered) || !hmac16(s->mac, clear, in->covered, expected))
+        memcpy(clear, data, (size_t)in->size); /* n >= in->size; the reference reads the rest in clear too */
+        if (!cbc(s->decrypt, data, clear, in->covered) || !hmac16(s->mac, clear, in->covered, expected)) {
+            ERR_clear_error();
             return RC_CRYPTO;
+        }
         if (CRYPTO_memcmp(expected, data + in->hmac, 16) != 0) return RC_BAD_HMAC;
         head = clear;
     }
@@ -321,7 +337,7 @@ static int build_reply(SessionObject *s, const uint8_t *data, Py_ssize_t n, uint
     memset(reply + out->size + copied, 0, (size_t)(padding_out - copied));
 
     put_be(reply + out->seq, 4, s->seq);
-    put_be(reply + out->error_estimate, 2, s->error_estimate);
+    put_be(reply + out->error_estimate, 2, __atomic_load_n(&s->error_estimate, __ATOMIC_RELAXED));
     put_be(reply + out->receive_timestamp, 8, receive_ntp);
     memcpy(reply + out->sender_seq, head + in->seq, 4);
     memcpy(reply + out->sender_timestamp, head + in->timestamp, 8);
@@ -332,11 +348,13 @@ static int build_reply(SessionObject *s, const uint8_t *data, Py_ssize_t n, uint
     if (out->covered) {
         uint8_t plain[HEAD_MAX];
         memcpy(plain, reply, (size_t)out->covered);
-        if (!hmac16(s->mac, plain, out->covered, reply + out->hmac) || !cbc(s->encrypt, plain, reply, out->covered))
+        if (!hmac16(s->mac, plain, out->covered, reply + out->hmac) || !cbc(s->encrypt, plain, reply, out->covered)) {
+            ERR_clear_error();
             return RC_CRYPTO;
+        }
     }
     if (*stamp_later && t3 != NULL) put_be(reply + out->timestamp, 8, *t3);
-    s->seq += 1; /* only a reply that was built uses a sequence number */
+    __atomic_store_n(&s->seq, s->seq + 1, __ATOMIC_RELAXED); /* only a built reply uses a sequence number */
     *reply_length = out->size + padding_out;
     return RC_OK;
 }
@@ -362,6 +380,11 @@ static PyObject *Session_reflect(SessionObject *self, PyObject *args, PyObject *
     PyObject *t3_object = Py_None;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "y*Ki|O", names, &data, &receive_ntp, &ttl, &t3_object))
         return NULL;
+    if (!self->ready) {
+        PyBuffer_Release(&data);
+        PyErr_SetString(PyExc_RuntimeError, "the Session was not initialised");
+        return NULL;
+    }
     uint64_t t3 = 0;
     if (t3_object != Py_None) {
         t3 = PyLong_AsUnsignedLongLong(t3_object);
@@ -423,7 +446,8 @@ static int Session_set_error_estimate(SessionObject *self, PyObject *value, void
 
 static PyObject *Session_repr(SessionObject *self) {
     return PyUnicode_FromFormat("Session(%s, seq=%lu, reflected=%llu)", self->out.covered ? "protected" : "open",
-        (unsigned long)self->seq, self->reflected);
+        (unsigned long)__atomic_load_n(&self->seq, __ATOMIC_RELAXED),
+        __atomic_load_n(&self->reflected, __ATOMIC_RELAXED));
 }
 
 static PyMethodDef Session_methods[] = {
@@ -435,16 +459,26 @@ static PyMethodDef Session_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static PyMemberDef Session_members[] = {
-    {"seq", T_UINT, offsetof(SessionObject, seq), READONLY, "the reflector's next sequence number"},
-    {"reflected", T_ULONGLONG, offsetof(SessionObject, reflected), 0,
-        "replies handed to the kernel; serve() counts its own, a caller of reflect() counts what it sends"},
-    {"last_activity", T_LONGLONG, offsetof(SessionObject, last_activity), READONLY,
-        "monotonic ns of the last reflected packet"},
-    {NULL, 0, 0, 0, NULL},
-};
+static PyObject *Session_get_seq(SessionObject *self, void *closure) {
+    (void)closure;
+    return PyLong_FromUnsignedLong(__atomic_load_n(&self->seq, __ATOMIC_RELAXED));
+}
+
+static PyObject *Session_get_reflected(SessionObject *self, void *closure) {
+    (void)closure;
+    return PyLong_FromUnsignedLongLong(__atomic_load_n(&self->reflected, __ATOMIC_RELAXED));
+}
+
+static PyObject *Session_get_last_activity(SessionObject *self, void *closure) {
+    (void)closure;
+    return PyLong_FromLongLong(__atomic_load_n(&self->last_activity, __ATOMIC_RELAXED));
+}
 
 static PyGetSetDef Session_getset[] = {
+    {"seq", (getter)Session_get_seq, NULL, "the reflector's next sequence number", NULL},
+    {"reflected", (getter)Session_get_reflected, NULL, "replies serve() handed to the kernel", NULL},
+    {"last_activity", (getter)Session_get_last_activity, NULL, "monotonic ns of the last packet serve() took",
+        NULL},
     {"error_estimate", (getter)Session_get_error_estimate, (setter)Session_set_error_estimate,
         "the raw Error Estimate word of the reflector's clock", NULL},
     {NULL, NULL, NULL, NULL, NULL},
@@ -461,7 +495,6 @@ static PyTypeObject SessionType = {
     .tp_dealloc = (destructor)Session_dealloc,
     .tp_repr = (reprfunc)Session_repr,
     .tp_methods = Session_methods,
-    .tp_members = Session_members,
     .tp_getset = Session_getset,
 };
 
@@ -483,6 +516,7 @@ typedef struct {
 
 typedef struct {
     PyObject_HEAD
+    int ready; /* every buffer allocated; set last, checked by serve() and add() */
     int fd, family, batch, send_batch;
     pthread_mutex_t lock;
     int serving;
@@ -504,20 +538,21 @@ static void Port_clear_entries(PortObject *self) {
     self->count = 0;
 }
 
+static void Port_free_buffers(PortObject *self) {
+    void **buffers[] = {(void **)&self->slots, (void **)&self->control, (void **)&self->replies,
+        (void **)&self->names, (void **)&self->iov, (void **)&self->reply_iov, (void **)&self->headers,
+        (void **)&self->reply_headers, (void **)&self->deferred, (void **)&self->reply_index,
+        (void **)&self->reply_session};
+    for (size_t i = 0; i < sizeof buffers / sizeof buffers[0]; i++) {
+        PyMem_RawFree(*buffers[i]);
+        *buffers[i] = NULL;
+    }
+}
+
 static void Port_dealloc(PortObject *self) {
     Port_clear_entries(self);
     PyMem_RawFree(self->entries);
-    PyMem_RawFree(self->slots);
-    PyMem_RawFree(self->control);
-    PyMem_RawFree(self->replies);
-    PyMem_RawFree(self->names);
-    PyMem_RawFree(self->iov);
-    PyMem_RawFree(self->reply_iov);
-    PyMem_RawFree(self->headers);
-    PyMem_RawFree(self->reply_headers);
-    PyMem_RawFree(self->deferred);
-    PyMem_RawFree(self->reply_index);
-    PyMem_RawFree(self->reply_session);
+    Port_free_buffers(self);
     pthread_mutex_destroy(&self->lock);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -534,7 +569,7 @@ static int Port_init(PortObject *self, PyObject *args, PyObject *kwds) {
     static char *names[] = {"fd", "batch", "send_batch", NULL};
     int fd, batch = 16, send_batch = 1;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "i|ii", names, &fd, &batch, &send_batch)) return -1;
-    if (self->slots != NULL) {
+    if (self->ready || self->slots != NULL) {
         PyErr_SetString(PyExc_RuntimeError, "a Port is initialised once");
         return -1;
     }
@@ -571,6 +606,7 @@ static int Port_init(PortObject *self, PyObject *args, PyObject *kwds) {
     self->reply_session = PyMem_RawCalloc((size_t)send_batch, sizeof(SessionObject *));
     if (!self->slots || !self->replies || !self->control || !self->names || !self->iov || !self->reply_iov
         || !self->headers || !self->reply_headers || !self->deferred || !self->reply_index || !self->reply_session) {
+        Port_free_buffers(self);
         PyErr_NoMemory();
         return -1;
     }
@@ -583,6 +619,7 @@ static int Port_init(PortObject *self, PyObject *args, PyObject *kwds) {
         self->reply_headers[i].msg_hdr.msg_iov = &self->reply_iov[i];
         self->reply_headers[i].msg_hdr.msg_iovlen = 1;
     }
+    self->ready = 1;
     return 0;
 }
 
@@ -594,6 +631,15 @@ static PyObject *Port_add(PortObject *self, PyObject *args, PyObject *kwds) {
     int port, dscp;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!y*ii", names, &SessionType, &session, &host, &port, &dscp))
         return NULL;
+    SessionObject *s = (SessionObject *)session;
+    if (!self->ready || !s->ready || s->attached) {
+        PyBuffer_Release(&host);
+        PyErr_SetString(PyExc_RuntimeError,
+            !self->ready ? "the Port was not initialised"
+            : !s->ready  ? "the Session was not initialised"
+                         : "the Session already belongs to a Port");
+        return NULL;
+    }
     Py_ssize_t host_length = host.len;
     Entry entry = {0};
     if (host_length) memcpy(entry.host, host.buf, host_length <= 16 ? (size_t)host_length : 16);
@@ -621,7 +667,10 @@ static PyObject *Port_add(PortObject *self, PyObject *args, PyObject *kwds) {
             self->capacity = capacity;
         }
     }
-    if (!failed) self->entries[self->count++] = entry;
+    if (!failed) {
+        self->entries[self->count++] = entry;
+        s->attached = 1;
+    }
     pthread_mutex_unlock(&self->lock);
     Py_END_ALLOW_THREADS
     if (failed) {
@@ -638,6 +687,7 @@ static PyObject *Port_remove(PortObject *self, PyObject *session) {
     for (Py_ssize_t i = 0; i < self->count; i++) {
         if ((PyObject *)self->entries[i].session == session) {
             removed = self->entries[i].session;
+            removed->attached = 0;
             memmove(&self->entries[i], &self->entries[i + 1], (size_t)(self->count - i - 1) * sizeof(Entry));
             self->count -= 1;
             break;
@@ -715,14 +765,20 @@ static void defer(PortObject *self, int *deferred, int index, int code, int valu
 
 /* Sends the queued replies; a reply the kernel did not take is uncounted and deferred as send-failed. */
 static void flush(PortObject *self, int *queued, int *deferred) {
-    if (*queued == 0) return;
-    self->send_calls += 1;
-    int sent = sendmmsg(self->fd, self->reply_headers, (unsigned)*queued, 0);
-    int error = sent < 0 ? errno : 0;
-    if (sent < 0) sent = 0;
-    for (int i = sent; i < *queued; i++) {
-        self->reply_session[i]->reflected -= 1;
-        defer(self, deferred, self->reply_index[i], RC_SEND_FAILED, error, 0, 0);
+    int start = 0;
+    while (start < *queued) {
+        self->send_calls += 1;
+        int sent = sendmmsg(self->fd, self->reply_headers + start, (unsigned)(*queued - start), MSG_DONTWAIT);
+        if (sent > 0) {
+            start += sent;
+            continue;
+        }
+        /* The reply at `start` failed (a short count is followed by the failing call): only that one is lost. */
+        int error = sent < 0 ? errno : EIO;
+        SessionObject *s = self->reply_session[start];
+        __atomic_store_n(&s->reflected, s->reflected - 1, __ATOMIC_RELAXED);
+        defer(self, deferred, self->reply_index[start], RC_SEND_FAILED, error, 0, 0);
+        start += 1;
     }
     *queued = 0;
 }
@@ -751,15 +807,8 @@ static int reflect_batch(PortObject *self, int got, int64_t now) {
             defer(self, &deferred, i, RC_RATE_LIMITED, length, receive_ntp, ttl);
             continue;
         }
-        s->last_activity = now;
-        if (e->dscp != self->dscp) {
-            flush(self, &queued, &deferred); /* the replies ahead leave with the DSCP of their own session */
-            int error = set_dscp(self, e->dscp);
-            if (error) {
-                defer(self, &deferred, i, RC_SEND_FAILED, error, receive_ntp, ttl);
-                continue;
-            }
-        }
+        __atomic_store_n(&s->last_activity, now, __ATOMIC_RELAXED);
+        if (e->dscp != self->dscp) flush(self, &queued, &deferred); /* those leave with their own DSCP */
         int batched = self->send_batch > 1 && got > 1;
         uint8_t *reply = batched ? self->replies + (size_t)queued * SLOT_SIZE : self->replies;
         Py_ssize_t reply_length = 0;
@@ -770,7 +819,15 @@ static int reflect_batch(PortObject *self, int got, int64_t now) {
             defer(self, &deferred, i, code, length, receive_ntp, ttl);
             continue;
         }
-        s->reflected += 1; /* counted before the send: a sender holding its reply finds it in the totals */
+        if (e->dscp != self->dscp) { /* after the build, as the reference: a failure still used a number */
+            int error = set_dscp(self, e->dscp);
+            if (error) {
+                defer(self, &deferred, i, RC_SEND_FAILED, error, receive_ntp, ttl);
+                continue;
+            }
+        }
+        /* counted before the send: a sender holding its reply finds it in the totals */
+        __atomic_store_n(&s->reflected, s->reflected + 1, __ATOMIC_RELAXED);
         if (stamp_later) put_be(reply + s->out.timestamp, 8, ntp_now());
         if (batched) {
             struct msghdr *out = &self->reply_headers[queued].msg_hdr;
@@ -783,8 +840,10 @@ static int reflect_batch(PortObject *self, int got, int64_t now) {
             continue;
         }
         self->send_calls += 1;
-        if (sendto(self->fd, reply, (size_t)reply_length, 0, (struct sockaddr *)&self->names[i], hdr->msg_namelen) < 0) {
-            s->reflected -= 1;
+        /* never blocks holding the lock that add()/remove() wait for: a full queue is a lost reply */
+        if (sendto(self->fd, reply, (size_t)reply_length, MSG_DONTWAIT, (struct sockaddr *)&self->names[i],
+                hdr->msg_namelen) < 0) {
+            __atomic_store_n(&s->reflected, s->reflected - 1, __ATOMIC_RELAXED);
             defer(self, &deferred, i, RC_SEND_FAILED, errno, receive_ntp, ttl);
         }
     }
@@ -811,7 +870,7 @@ static PyObject *address_of(PortObject *self, int index) {
 static PyObject *Port_serve(PortObject *self, PyObject *args) {
     long long until, busy_poll;
     if (!PyArg_ParseTuple(args, "LL", &until, &busy_poll)) return NULL;
-    if (self->slots == NULL) {
+    if (!self->ready) {
         PyErr_SetString(PyExc_RuntimeError, "the Port was not initialised");
         return NULL;
     }
@@ -959,6 +1018,11 @@ static struct PyModuleDef module = {
 };
 
 PyMODINIT_FUNC PyInit__fast_reflector(void) {
+    if (OpenSSL_version_num() < MIN_OPENSSL) { /* built against a newer one than the one loaded */
+        PyErr_Format(PyExc_ImportError, "the reflector fast path needs OpenSSL 3.0.3 or newer, not %s",
+            OpenSSL_version(OPENSSL_VERSION));
+        return NULL;
+    }
     if (PyType_Ready(&KeysType) < 0 || PyType_Ready(&SessionType) < 0 || PyType_Ready(&PortType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;

@@ -13,9 +13,12 @@ class Keys:
     def __init__(self, aes_key: bytes, hmac_key: bytes) -> None: ...
 
 class Session:
-    seq: int
-    reflected: int
-    last_activity: int
+    @property
+    def seq(self) -> int: ...
+    @property
+    def reflected(self) -> int: ...
+    @property
+    def last_activity(self) -> int: ...
     error_estimate: int
     def __init__(
         self,

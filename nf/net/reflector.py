@@ -272,12 +272,19 @@ class _Port:
         return [*self.sessions.values(), *self.wildcards]
 
     def find(self, host: str, port: int) -> _Session | None:
-        session = self.sessions.get((host, port))
-        if session is None:
-            for candidate in self.wildcards:
-                if candidate.matches(host, port):
+        """The session a packet from host:port belongs to: exact before wildcard, and a session that has not
+        ended before one that has (an ended one lingers only to count late packets as after-stop). The C
+        loop's table holds the sessions that have not ended, in the same order, so both loops agree."""
+        exact = self.sessions.get((host, port))
+        if exact is not None and exact.state is not SessionState.ENDED:
+            return exact
+        ended = exact
+        for candidate in self.wildcards:
+            if candidate.matches(host, port):
+                if candidate.state is not SessionState.ENDED:
                     return candidate
-        return session
+                ended = ended or candidate
+        return ended
 
     def drop(self, session: _Session | None, reason: DropReason, detail: str, addr: object) -> None:
         self.dropped[reason] += 1
@@ -326,7 +333,7 @@ class _Port:
                 if code == native.UNHANDLED and data is not None:
                     self._reflect_deferred(session, data, addr, receive_ntp, ttl)
                 elif code == native.CRYPTO_FAILED:
-                    self._internal_error("OpenSSL failed on a test packet")
+                    self._internal_error("OpenSSL failed on a test packet", traceback=False)
                 else:
                     reason, detail = _native_drop(code, value)
                     self.drop(session, reason, detail, addr)
@@ -354,19 +361,20 @@ class _Port:
         if not engine.take(time.monotonic_ns()):
             self.drop(session, DropReason.RATE_LIMITED, "over the session's packet rate", addr)
             return
+        session.last_activity = now
         reply = engine.reflect(data, receive_ntp, ttl)
         if isinstance(reply, int):
             reason, detail = _native_drop(reply, len(data))
             self.drop(session, reason, detail, addr)
             return
-        engine.reflected += 1
+        session.reflected += 1  # Python's count: the C session's may already be folded in at its end
         try:
             if port.dscp != session.params.dscp:
                 port.dscp = session.params.dscp
             self.deferred_sends += 1
             self.sock.sendto(reply, addr)
         except OSError as exc:
-            engine.reflected -= 1
+            session.reflected -= 1
             self.drop(session, DropReason.SEND_FAILED, str(exc), addr)
 
     def _admit(self, session: _Session, now: float, addr: object) -> bool:
@@ -382,10 +390,10 @@ class _Port:
         self.drop(session, reason, f"session is {state.value}", addr)
         return False
 
-    def _internal_error(self, what: str) -> None:
+    def _internal_error(self, what: str, traceback: bool = True) -> None:
         self.internal_errors += 1
         if self.owner.bad_input_log.warning("internal", "twamp reflector port %d: bug", self.port):
-            log.exception("twamp reflector port %d: %s", self.port, what)
+            log.error("twamp reflector port %d: %s", self.port, what, exc_info=traceback)
 
     def _run_single(self) -> None:
         """The pure-Python loop (receive_batch 1, or no C extension): recvmsg, reflect, sendto."""
@@ -403,6 +411,7 @@ class _Port:
         sol_socket = socket.SOL_SOCKET
         order = sys.byteorder
         started = SessionState.STARTED
+        ended = SessionState.ENDED
         next_housekeeping = monotonic() + self.owner.config.poll_interval
         spin = self.owner.config.busy_poll
         polling = False
@@ -447,7 +456,7 @@ class _Port:
                 spin_until = now + spin
             host = addr[0]
             session = sessions.get((host, addr[1]) if v6 else addr)
-            if session is None:
+            if session is None or session.state is ended:
                 session = self.find(host, addr[1])
                 if session is None:
                     self.drop(None, DropReason.UNKNOWN_SENDER, "no session for this sender", addr)
@@ -679,8 +688,12 @@ class Reflector:
                 params.sid, params, key, engine, bucket, fast, last_activity=now, host=host, any_host=any_host
             )
             if entry.native is not None and fast is not None:
-                packed = b"" if any_host else socket.inet_pton(entry.sock.family, host)
-                entry.native.add(fast, packed, params.sender_port, params.dscp)
+                try:
+                    packed = b"" if any_host else socket.inet_pton(entry.sock.family, host)
+                except OSError:  # a sender of the other family: like the Python loop, it never matches
+                    packed = None
+                if packed is not None:
+                    entry.native.add(fast, packed, params.sender_port, params.dscp)
             if key is None:
                 entry.wildcards.append(session)
             else:
@@ -700,25 +713,31 @@ class Reflector:
         return entry
 
     def start_session(self, sid: bytes) -> None:
-        _entry, session = self._get(sid)
-        if session.state is SessionState.ADDED and (session.engine or session.native) is not None:
+        with self._lock:  # the port thread may end the session (REFWAIT) meanwhile
+            _entry, session = self._get(sid)
+            engine, fast = session.engine, session.native
+            if session.state is not SessionState.ADDED or (engine is None and fast is None):
+                return
             error_estimate = self.clock_sync.error_estimate_word()
             session.last_activity = time.monotonic()
             session.state = SessionState.STARTED
-            if session.engine is not None:
-                session.engine.error_estimate = error_estimate
-            if session.native is not None:
-                session.native.error_estimate = error_estimate
-                session.native.activate(_FOREVER_NS)
+            if engine is not None:
+                engine.error_estimate = error_estimate
+            if fast is not None:
+                fast.error_estimate = error_estimate
+                fast.activate(_FOREVER_NS)
 
     def stop_session(self, sid: bytes) -> None:
         """Stop-Sessions: reflects on for the session's Timeout, then discards its state (RFC 5357 s3.5)."""
-        _entry, session = self._get(sid)
-        if session.state in (SessionState.ADDED, SessionState.STARTED):
+        with self._lock:
+            _entry, session = self._get(sid)
+            if session.state not in (SessionState.ADDED, SessionState.STARTED):
+                return
             session.deadline = time.monotonic() + session.params.timeout
             session.state = SessionState.STOPPING
-            if session.native is not None:  # the C loop reflects until then, and hands later packets back
-                session.native.activate(int(session.deadline * 1e9))
+            fast = session.native
+            if fast is not None:  # the C loop reflects until then, and hands later packets back
+                fast.activate(int(session.deadline * 1e9))
 
     def remove_session(self, sid: bytes) -> None:
         """Discards a session now (its control connection is gone)."""
