@@ -206,8 +206,10 @@ def _generator(
             if now < due:
                 continue
             if burst == 1:
-                if now - due > 0.0005:
-                    # Stalled (other load on this CPU): re-anchor instead of catching up with a burst.
+                if now - due > 0.5 / rate:
+                    # Late by more than half an interval (this Python loop's own jitter, or other load on
+                    # its CPU): re-anchor instead of catching up with packets back to back, which would
+                    # queue at the reflector and count as its turnaround.
                     start += now - due
                 with contextlib.suppress(OSError):  # ENOBUFS: sent-but-lost, which is what it is
                     send(packets[sent % PREBUILT])
