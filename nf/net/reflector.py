@@ -245,7 +245,6 @@ class _Port:
         self.port = port
         self.sessions: dict[tuple[str, int], _Session] = {}
         self.wildcards: list[_Session] = []
-        self.generation = 0  # bumped whenever a session is added or forgotten: the batched loop's cache
         self.closing = False
         self.dscp = 0
         self.last_activity = time.monotonic()
@@ -698,7 +697,6 @@ class Reflector:
                 entry.wildcards.append(session)
             else:
                 entry.sessions[key] = session
-            entry.generation += 1
             self._used_ports.add(entry)
             self._by_sid[params.sid] = (entry, session)
 
@@ -781,7 +779,6 @@ class Reflector:
                     entry.wildcards.remove(session)
             elif entry.sessions.get(session.key) is session:
                 del entry.sessions[session.key]
-            entry.generation += 1
             entry.reflected += session.reflected
             session.reflected = 0
             found = self._by_sid.get(session.sid)
