@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import os
 import socket
 import threading
@@ -13,6 +14,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from nf.net.clock_sync import ClockState, ClockSyncCache, read_clock_state
+from nf.net.reflector import Reflector, ReflectorConfig
 from nf.net.sender import ReplyDrop, Schedule, SessionSender
 from nf.twamp.modes import SecurityMode
 from nf.twamp.test_keys import TestSessionKeys
@@ -188,6 +190,55 @@ def test_poisson_schedule_is_repeatable_with_a_seed_and_periodic_is_exact() -> N
     assert all(b > a for a, b in itertools.pairwise(one))
     assert one != SessionSender._offsets(50, 0.01, Schedule.POISSON, seed=8)
     assert SessionSender._offsets(4, 0.5, Schedule.PERIODIC, None) == [0.0, 0.5, 1.0, 1.5]
+
+
+def test_poisson_gaps_are_capped_at_max_interval() -> None:
+    """RFC 8913 max-interval: no gap above it, so the mean falls below lambda, to its truncated mean."""
+    lam, cap = 0.01, 0.02
+    offsets = SessionSender._offsets(10_000, lam, Schedule.POISSON, 11, cap)
+    gaps = [b - a for a, b in itertools.pairwise(offsets)]
+    uncapped = SessionSender._offsets(10_000, lam, Schedule.POISSON, 11)
+    assert max(b - a for a, b in itertools.pairwise(uncapped)) > 3 * cap  # the cap has work to do
+    assert max(gaps) <= cap + 1e-9
+    assert sum(abs(g - cap) < 1e-9 for g in gaps) > 1000  # about exp(-2) of them were cut
+    mean = sum(gaps) / len(gaps)
+    assert mean < lam
+    assert mean == pytest.approx(lam * (1 - math.exp(-cap / lam)), rel=0.05)
+    assert SessionSender._offsets(5, 0.5, Schedule.PERIODIC, None, 0.5) == [0.0, 0.5, 1.0, 1.5, 2.0]
+
+
+def test_poisson_run_with_max_interval_on_the_wire(sender: SessionSender) -> None:
+    """Against the real Reflector: the gaps between the T1s of the records stay within max-interval, give or
+    take the scheduling latency of a busy test machine."""
+    lam = cap = 0.02  # YANG allows max-interval == lambda
+    tolerance = 0.015
+    seed = 2
+    uncapped = SessionSender._offsets(60, lam, Schedule.POISSON, seed)
+    assert sum(b - a > cap + tolerance for a, b in itertools.pairwise(uncapped)) > 5  # the test can fail
+    with Reflector(ReflectorConfig(poll_interval=0.05, linger=1.0)) as reflector:
+        port = reflector.reserve_port("127.0.0.1")
+        params = _params(sender, port, SecurityMode.UNAUTHENTICATED, None)
+        reflector.add_session(params)
+        reflector.start_session(params.sid)
+        result = sender.run(
+            params,
+            count=60,
+            interval=lam,
+            schedule=Schedule.POISSON,
+            max_interval=cap,
+            seed=seed,
+            reply_timeout=WAIT,
+        )
+    assert (result.sent, result.received) == (60, 60)
+    gaps = [b.t1 - a.t1 for a, b in itertools.pairwise(result.records)]
+    assert max(gaps) <= cap + tolerance, max(gaps)
+
+
+def test_max_interval_below_interval_is_refused(sender: SessionSender) -> None:
+    params = _params(sender, 9, SecurityMode.UNAUTHENTICATED, None)
+    for bad in (0.05, math.nan):
+        with pytest.raises(ValueError, match="max_interval"):
+            sender.run(params, count=3, interval=0.1, schedule=Schedule.POISSON, max_interval=bad)
 
 
 def test_start_at_delays_the_first_packet_and_cancel_stops_sending(sender: SessionSender) -> None:

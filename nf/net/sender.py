@@ -12,6 +12,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import logging
+import math
 import os
 import random
 import socket
@@ -48,7 +49,7 @@ RandomBytes = Callable[[int], bytes]
 
 class Schedule(enum.Enum):
     PERIODIC = "periodic"
-    POISSON = "poisson"  # exponential gaps with the given mean (RFC 3432 / RFC 2330 Poisson sampling)
+    POISSON = "poisson"  # exponential gaps with the given mean (RFC 2330 Poisson sampling), optionally capped
 
 
 class ReplyDrop(enum.Enum):
@@ -184,17 +185,21 @@ class SessionSender:
         count: int,
         interval: float,
         schedule: Schedule = Schedule.PERIODIC,
+        max_interval: float | None = None,
         seed: int | None = None,
         reply_timeout: float = 2.0,
         random_bytes: RandomBytes = os.urandom,
         start_at: float | None = None,
     ) -> SenderResult:
         """Sends `count` packets `interval` seconds apart (the mean gap for Poisson), then waits up to
-        `reply_timeout` after the last one for stragglers. `seed` makes the Poisson schedule repeatable;
-        `random_bytes` supplies the padding (RFC 4656 s4.1.2: pseudo-random). `start_at` (Unix time) delays
-        the first packet, e.g. to the session's Start Time."""
+        `reply_timeout` after the last one for stragglers. `max_interval` caps each Poisson gap (see
+        _offsets); `seed` makes the Poisson schedule repeatable; `random_bytes` supplies the padding
+        (RFC 4656 s4.1.2: pseudo-random). `start_at` (Unix time) delays the first packet, e.g. to the
+        session's Start Time."""
         if count < 0 or interval < 0 or reply_timeout < 0:
             raise ValueError("count, interval and reply_timeout must not be negative")
+        if max_interval is not None and not max_interval >= interval:  # also refuses NaN
+            raise ValueError(f"max_interval ({max_interval} s) must not be below interval ({interval} s)")
         self._cancel.clear()
         codec = TestPacketCodec(params.mode, params.keys, params.symmetric)
         set_dscp(self._sock, params.dscp)
@@ -213,7 +218,7 @@ class SessionSender:
             # octets of the Symmetrical Size layout), where the reflector can read and reflect them.
             padding[: len(params.server_octets)] = params.server_octets
         padding_bytes = bytes(padding)
-        offsets = self._offsets(count, interval, schedule, seed)
+        offsets = self._offsets(count, interval, schedule, seed, max_interval)
 
         t1s: list[int] = []
         replies: dict[int, _Reply] = {}
@@ -261,14 +266,22 @@ class SessionSender:
         return self._result(params, t1s, replies, state, ee, started_at, finished_at)
 
     @staticmethod
-    def _offsets(count: int, interval: float, schedule: Schedule, seed: int | None) -> list[float]:
-        """Send times relative to the first packet."""
+    def _offsets(
+        count: int, interval: float, schedule: Schedule, seed: int | None, max_interval: float | None = None
+    ) -> list[float]:
+        """Send times relative to the first packet.
+
+        A Poisson gap longer than `max_interval` is cut to it: RFC 8913's max-interval is the largest time
+        allowed between two packets, so that a run ends in bounded time. Capping truncates the exponential
+        distribution (the mean gap falls to interval * (1 - exp(-max_interval / interval)), and the stream
+        is no longer strictly Poisson); that is what the operator configured, not an error to correct."""
         if schedule is Schedule.PERIODIC or interval == 0:
             return [seq * interval for seq in range(count)]
         rng = random.Random(seed)
+        cap = math.inf if max_interval is None else max_interval
         offsets = [0.0]
         for _ in range(count - 1):
-            offsets.append(offsets[-1] + rng.expovariate(1.0 / interval))
+            offsets.append(offsets[-1] + min(rng.expovariate(1.0 / interval), cap))
         return offsets[:count]
 
     def _expected_source(self, params: TestSessionParams) -> tuple[str, int]:

@@ -369,6 +369,7 @@ async def _run_senders(
                 count=session.count,
                 interval=session.interval,
                 schedule=session.schedule,
+                max_interval=session.max_interval,
                 reply_timeout=max(session.timeout, 1.0),
                 random_bytes=os.urandom if session.random_fill else _zero_fill,
                 start_at=ntp_to_unix(session.start_time_ntp) if session.start_time_ntp else None,
