@@ -108,6 +108,7 @@ def test_session_examples_twamp_light_and_feature_bits() -> None:
     reflector = build_plan(example("session-reflector.xml")).reflector
     assert reflector.light_ports == (("198.51.100.7", 862),)
     assert (reflector.refwait, reflector.max_sessions) == (120, 1024)
+    assert (reflector.busy_poll, reflector.realtime_priority) == (50e-6, 10)
     plan = build_plan(example("session-sender.xml"))
     light = plan.light_sessions["light-to-pe"]
     assert (light.reflector_address, light.reflector_port, light.dscp) == ("198.51.100.7", 862, 34)

@@ -10,6 +10,7 @@ processes' stderr is kept, so the tests can prove that the PSK never leaves a ru
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import random
@@ -711,20 +712,40 @@ def free_dynamic_udp_port() -> int:
     raise AssertionError("no free UDP port in the dynamic range")
 
 
+def _realtime_threads(pid: int, priority: int) -> list[int]:
+    """Threads of a process running SCHED_FIFO at `priority`."""
+    found = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError):
+            tid = int(task)
+            fifo = os.sched_getscheduler(tid) == os.SCHED_FIFO
+            if fifo and os.sched_getparam(tid).sched_priority == priority:
+                found.append(tid)
+    return found
+
+
 def test_twamp_light_between_two_runtimes(tmp_path: Path, runtimes: list[RuntimeProcess]) -> None:
     """RFC 5357 Appendix I: A reflects on a light-port with no control connection, B sends to it."""
     a, b = start_pair(tmp_path, runtimes)
     port = free_dynamic_udp_port()
     control_a, control_b = a.connect(), b.connect()
     events_b = subscribed(b)
-    reflector = {
+    reflector: dict[str, Any] = {
         "twamp-nf-twamp:twamp": {
-            "session-reflector": {"light-port": [{"reflector-ip": "127.0.0.1", "reflector-udp-port": port}]}
+            "session-reflector": {
+                "light-port": [{"reflector-ip": "127.0.0.1", "reflector-udp-port": port}],
+                "performance": {"busy-poll": 200, "realtime-priority": 7},
+            }
         }
     }
     assert control_a.request("apply", config=reflector)["ok"] is True
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe, pytest.raises(OSError):
         probe.bind(("127.0.0.1", port))  # the port is really taken
+    # the performance container reaches the port thread: SCHED_FIFO 7, or the refusal in the log
+    deadline = time.monotonic() + WAIT
+    while not _realtime_threads(a.proc.pid, 7) and "no realtime priority" not in a.stderr():
+        assert time.monotonic() < deadline, "realtime-priority neither applied nor refused"
+        time.sleep(0.05)
     sender = {
         "twamp-nf-twamp:twamp": {
             "session-sender": {

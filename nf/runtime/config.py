@@ -267,6 +267,8 @@ class ReflectorPlan:
     max_sessions: int  # 0 when admin-state is false: new sessions are refused
     max_pps: float | None
     light_ports: tuple[tuple[str, int], ...] = ()  # TWAMP Light (RFC 5357 Appendix I) addresses
+    busy_poll: float = 0.0  # seconds a port polls after a packet before sleeping
+    realtime_priority: int | None = None  # SCHED_FIFO priority of the port threads
 
 
 @dataclass(frozen=True)
@@ -425,11 +427,16 @@ def _reflector(node: _Node) -> ReflectorPlan:
     for entry in node.entries("light-port", "reflector-ip"):
         port = entry.integer("reflector-udp-port", None, 1, 65535)
         ports.append((entry.address("reflector-ip"), port))
+    performance = node.child_or_empty("performance")
+    has_priority = performance.has("realtime-priority")
+    priority = performance.integer("realtime-priority", 0, 1, 99) if has_priority else None
     return ReflectorPlan(
         refwait=float(node.integer("refwait", 900, 1, 604800)),
         max_sessions=limits.integer("max-test-sessions", 256, 1, 65535) if enabled else 0,
         max_pps=float(rate) if rate is not None else None,
         light_ports=tuple(sorted(set(ports))) if enabled else (),
+        busy_poll=performance.integer("busy-poll", 0, 0, 1_000_000) / 1e6,
+        realtime_priority=priority,
     )
 
 

@@ -52,8 +52,13 @@ class _Prepared:
     binding: ServerBinding | None = None
 
 
-def _reflector_config(plan: ReflectorPlan) -> ReflectorConfig:
-    return ReflectorConfig(refwait=plan.refwait, max_pps=plan.max_pps)
+def _reflector_config(plan: ReflectorPlan, refwait: float | None = None) -> ReflectorConfig:
+    return ReflectorConfig(
+        refwait=plan.refwait if refwait is None else refwait,
+        max_pps=plan.max_pps,
+        busy_poll=plan.busy_poll,
+        realtime_priority=plan.realtime_priority,
+    )
 
 
 LIGHT_REFWAIT = 10 * 365 * 86400.0  # TWAMP Light ports have no control connection to end them
@@ -141,7 +146,8 @@ class Runtime:
             return
         reflector = self.light_reflector
         if reflector is None:
-            reflector = prepared.light_reflector = Reflector(ReflectorConfig(refwait=LIGHT_REFWAIT))
+            config = _reflector_config(plan.reflector, refwait=LIGHT_REFWAIT)
+            reflector = prepared.light_reflector = Reflector(config)
         for address, port in wanted:
             path = (
                 f"/{TOP_TWAMP}/session-reflector/light-port"
@@ -265,7 +271,7 @@ class Runtime:
         reflector = self.light_reflector
         if reflector is None:
             return
-        reflector.config = ReflectorConfig(refwait=LIGHT_REFWAIT, max_pps=plan.reflector.max_pps)
+        reflector.config = _reflector_config(plan.reflector, refwait=LIGHT_REFWAIT)
         for key in [k for k in self.light_ports if k not in plan.reflector.light_ports]:
             reflector.remove_session(self.light_ports.pop(key))
         for address, port in prepared.light_ports:
