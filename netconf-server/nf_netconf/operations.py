@@ -16,6 +16,7 @@ from nf_netconf.datastore import ERROR_OPTIONS, TARGETS, TEST_OPTIONS, Datastore
 from nf_netconf.edit import DEFAULT_OPERATIONS, merge_tree
 from nf_netconf.errors import NC_NS, Reason, RpcError, bad_element, invalid_value, missing_element
 from nf_netconf.filters import apply_filter, filter_spec
+from nf_netconf.monitoring import MON_MODULE, MON_NS, find_schema, schema_reply, schemas_state
 from nf_netconf.nacm import Nacm
 from nf_netconf.notifications import NOTIF_NS, NotificationHub
 from nf_netconf.runtime_link import RuntimeLink, RuntimeRefused, RuntimeUnavailable
@@ -107,7 +108,9 @@ class Operations:
             (NC_NS, "close-session"): (NC_MODULE, self.close_session),
             (NC_NS, "kill-session"): (NC_MODULE, self.kill_session),
             (NOTIF_NS, "create-subscription"): (NOTIF_MODULE, self.create_subscription),
+            (MON_NS, "get-schema"): (MON_MODULE, self.get_schema),
         }
+        self._schemas_state = schemas_state(schema.sources)
 
     def dispatch(self, session: Session, op: etree._Element) -> etree._Element:
         qname = etree.QName(op)
@@ -152,19 +155,24 @@ class Operations:
     def get(self, session: Session, op: etree._Element) -> etree._Element:
         params = _params(op, {"filter"})
         data = self.datastores.snapshot("running")
-        try:
-            state = self.runtime.get_state(self._state_paths(params.get("filter")))
-        except (RuntimeRefused, RuntimeUnavailable) as exc:
-            raise runtime_error(exc) from None
-        merge_tree(data, self.schema.state_to_xml(state), self.schema)
+        paths = self._state_paths(params.get("filter"))
+        if paths != []:
+            try:
+                state = self.runtime.get_state(paths)
+            except (RuntimeRefused, RuntimeUnavailable) as exc:
+                raise runtime_error(exc) from None
+            merge_tree(data, self.schema.state_to_xml(state), self.schema)
+        merge_tree(data, self.schema.state_to_xml(self._schemas_state), self.schema)
         return self._reply_data(session, data, params.get("filter"))
 
     def _state_paths(self, filter_el: etree._Element | None) -> list[str] | None:
-        """The top-level nodes a subtree filter names, so the runtime collects only those (None: all)."""
+        """The top-level nodes a subtree filter names, so the runtime collects only those (None: all;
+        []: the filter names only this server's own state, and the runtime is not asked)."""
         if filter_el is None or filter_spec(filter_el)[0] != "subtree":
             return None
         modules = {ns: module for module, ns in self.schema.namespaces.items()}
         paths: list[str] = []
+        own = False
         for selector in filter_el:
             if not isinstance(selector.tag, str):
                 continue
@@ -172,8 +180,19 @@ class Operations:
             module = modules.get(qname.namespace or "")
             if module is None:
                 return None  # an un-namespaced or foreign selector: ask for everything
+            if module in self.schema.server_modules:
+                own = True
+                continue
             paths.append(f"{module}:{qname.localname}")
-        return paths or None
+        return paths if paths or own else None
+
+    def get_schema(self, session: Session, op: etree._Element) -> etree._Element:
+        """RFC 6022 get-schema: a read of a module's text, authorised like get by NACM exec alone."""
+        params = _params(op, {"identifier", "version", "format"}, ns=MON_NS)
+        source = find_schema(
+            self.schema.sources, params.get("identifier"), params.get("version"), params.get("format")
+        )
+        return schema_reply(source)
 
     # ----------------------------------------------------------------------------------------------------
     # changing

@@ -13,6 +13,7 @@ import re
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import libyang
@@ -25,6 +26,8 @@ from nf_netconf.errors import Reason, RpcError
 NACM_MODULE = "ietf-netconf-acm"
 NC_NS = "urn:ietf:params:xml:ns:netconf:base:1.0"
 DEFAULT_MODULES = ("twamp-nf-twamp", "twamp-nf-ike", "twamp-nf-ike-binding")
+# Modules of the NETCONF server itself (RFC 6022 state): in the context for their data, not the runtime's.
+SERVER_MODULES = ("ietf-netconf-monitoring",)
 
 _LOCATION = re.compile(r'(?:Data|Schema) location "([^"]*)"')
 _SECRET_MESSAGE = "invalid value for a secret leaf (the value is not shown)"
@@ -46,6 +49,16 @@ class NodeInfo:
 
     def child(self, tag: str) -> NodeInfo | None:
         return self.children.get(tag)
+
+
+@dataclass(frozen=True)
+class ModuleSource:
+    """One module's YANG text as libyang loaded it, for get-schema (RFC 6022)."""
+
+    name: str
+    revision: str  # "" when the module has no revision statement
+    namespace: str
+    text: str = field(repr=False)
 
 
 def strip_predicates(path: str) -> str:
@@ -75,7 +88,12 @@ def strip_predicates(path: str) -> str:
 class Schema:
     """A libyang context over the twamp-nf modules, guarded by one lock (libyang errors are per context)."""
 
-    def __init__(self, search_dirs: Iterable[str], modules: Iterable[str] = DEFAULT_MODULES) -> None:
+    def __init__(
+        self,
+        search_dirs: Iterable[str],
+        modules: Iterable[str] = DEFAULT_MODULES,
+        server_modules: Iterable[str] = SERVER_MODULES,
+    ) -> None:
         libyang.configure_logging(True, logging.ERROR)
         # Errors are stored with their data path for our messages; libyang's log callback is switched off:
         # its lines quote rejected values (a secret among them), and it cannot decode a value that libyang
@@ -86,7 +104,8 @@ class Schema:
         ly_log.propagate = False
         self._lock = threading.Lock()
         self._ctx = libyang.Context(":".join(search_dirs))
-        self.modules = tuple(modules)
+        self.modules = tuple(modules)  # the runtime's modules: advertised with revision and features
+        self.server_modules = tuple(m for m in server_modules if m not in self.modules)
         self.namespaces: dict[str, str] = {}
         self.roots: dict[str, NodeInfo] = {}
         self.notifications: dict[str, str] = {}  # Clark tag -> module:name
@@ -98,7 +117,10 @@ class Schema:
         for name in self.modules:
             module = self._ctx.load_module(name)
             module.feature_enable_all()
-        for name in self.modules:
+        for name in self.server_modules:
+            self._ctx.load_module(name)
+        loaded = self.modules + self.server_modules
+        for name in loaded:
             module = self._ctx.get_module(name)
             ns = c2str(module.cdata.ns)
             self.namespaces[name] = ns
@@ -106,8 +128,10 @@ class Schema:
             revision = c2str(module.cdata.revision) if module.cdata.revision else None
             if revision:
                 self.revisions[name] = revision
-            self.features[name] = sorted(f.name() for f in module.features())
-        for name in self.modules:
+            if name in self.modules:
+                self.features[name] = sorted(f.name() for f in module.features())
+        self.sources = self._module_sources(loaded)
+        for name in loaded:
             module = self._ctx.get_module(name)
             for snode in module.children():
                 if snode.nodetype() == libyang.SNode.NOTIF:
@@ -119,6 +143,30 @@ class Schema:
                 if info is not None:
                     self.roots[info.tag] = info
         self.secret_paths = frozenset(info.path for info in self.walk() if info.secret)
+
+    def _module_sources(self, names: tuple[str, ...]) -> tuple[ModuleSource, ...]:
+        """The loaded modules and every module they import, transitively, each with the text libyang read:
+        the file it loaded (our yang/, pyang's IETF set), or, for a module libyang carries built in
+        (ietf-inet-types, ietf-yang-types), libyang's own print of it, as no file was read."""
+        found: dict[str, ModuleSource] = {}
+        pending = [self._ctx.get_module(name) for name in names]
+        while pending:
+            module = pending.pop()
+            name = module.name()
+            if name in found:
+                continue
+            path = module.filepath()
+            text = Path(path).read_text(encoding="utf-8") if path else _text(module.print_mem("yang"))
+            cdata = module.cdata
+            found[name] = ModuleSource(
+                name=name,
+                revision=c2str(cdata.revision) if cdata.revision else "",
+                namespace=c2str(cdata.ns),
+                text=text,
+            )
+            # the binding's Import.module is the importing module; the imported one is in the C struct
+            pending.extend(libyang.Module(self._ctx, imp.cdata.module) for imp in module.imports())
+        return tuple(sorted(found.values(), key=lambda source: source.name))
 
     # ----------------------------------------------------------------------------------------------------
     # index

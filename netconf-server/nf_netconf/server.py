@@ -35,6 +35,7 @@ CAPABILITIES = (
     "urn:ietf:params:netconf:capability:xpath:1.0",
     "urn:ietf:params:netconf:capability:notification:1.0",
     "urn:ietf:params:netconf:capability:interleave:1.0",
+    "urn:ietf:params:xml:ns:yang:ietf-netconf-monitoring",  # RFC 6022: schema list and get-schema
 )
 DEFAULT_MAX_MESSAGE = 4 * 1024 * 1024
 
@@ -158,8 +159,8 @@ class NetconfApp:
     def nc_append_capabilities(self, capabilities: Any) -> None:
         for uri in CAPABILITIES:
             etree.SubElement(capabilities, "capability").text = uri
-        for module, ns in self.schema.namespaces.items():
-            uri = f"{ns}?module={module}"
+        for module in self.schema.modules:
+            uri = f"{self.schema.namespaces[module]}?module={module}"
             if module in self.schema.revisions:
                 uri += f"&revision={self.schema.revisions[module]}"
             if self.schema.features.get(module):
