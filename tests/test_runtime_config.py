@@ -187,6 +187,15 @@ def test_client_session_mapping() -> None:
     assert session.start_time_ntp == int(start) and unix_to_ntp(ntp_to_unix(int(start))) == int(start)
 
 
+def test_a_max_interval_below_lambda_is_refused_at_its_node() -> None:
+    """The YANG `must` stops it over NETCONF; the control socket's apply refuses it by itself."""
+    config = _client()
+    config["twamp-nf-twamp:twamp"]["session-sender"]["test-session"][0]["max-interval"] = "0.250000"
+    error = error_of(config)
+    assert error.tag == "invalid-value" and error.path.endswith("/max-interval")
+    assert "below lambda" in error.message
+
+
 def test_fingerprints_follow_the_subtree_and_the_secret() -> None:
     first = build_plan(_client()).connections["c"].fingerprint
     assert build_plan(_client()).connections["c"].fingerprint == first

@@ -478,6 +478,8 @@ def _schedule(entry: _Node) -> _SenderEntry:
         interval, schedule, max_interval = entry.decimal("periodic-interval"), Schedule.PERIODIC, None
     if interval <= 0:
         raise ConfigError("invalid-value", entry.path, "the packet interval must be positive")
+    if max_interval is not None and not max_interval >= interval:  # the YANG must, for the control socket
+        raise ConfigError("invalid-value", entry.at("max-interval"), "max-interval must not be below lambda")
     return _SenderEntry(
         name=entry.text("name"),
         path=entry.path,
