@@ -3,10 +3,7 @@ must be the very files libyang loads."""
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -18,15 +15,14 @@ from nf_netconf.monitoring import MON_NS, find_schema
 from nf_netconf.schema import ModuleSource
 from nf_netconf.server import default_yang_dirs
 from tests.test_netconf_harness import (
-    PASSWORD,
     READER_PASSWORD,
     SERVER_CONFIG,
     TWAMP_NS,
-    WAIT,
     Rig,
     rig,
     users_toml,
 )
+from tests.test_netconf_yangcli import yangcli
 
 __all__ = ["rig"]
 
@@ -202,31 +198,6 @@ def test_nacm_governs_get_schema_and_the_schema_list(tmp_path: Path) -> None:
 
 def test_yangcli_fetches_our_modules_with_get_schema(rig: Rig, tmp_path: Path) -> None:
     """No --modpath: yangcli (yuma123) learns /twamp only by autoloading the modules over get-schema."""
-    exe = shutil.which("yangcli")
-    if exe is None:
-        pytest.fail("yangcli is missing: tests/run installs the Debian yangcli package")
     rig.connect().edit_config(target="running", config=SERVER_CONFIG)
-    home = tmp_path / "home"
-    home.mkdir()
-    (tmp_path / "script.txt").write_text("sget-config /twamp/server/count source=running\n")
-    result = subprocess.run(
-        [
-            exe,
-            "--server=127.0.0.1",
-            f"--ncport={rig.app.port}",
-            "--user=admin",
-            f"--password={PASSWORD}",
-            "--batch-mode",
-            f"--run-script={tmp_path / 'script.txt'}",
-            "--display-mode=xml",
-            "--log-level=debug",
-        ],
-        cwd=home,
-        env={**os.environ, "HOME": str(home)},
-        capture_output=True,
-        text=True,
-        timeout=WAIT * 2,
-        check=False,
-    )
-    out = result.stdout + result.stderr
+    out = yangcli(rig, tmp_path, "sget-config /twamp/server/count source=running\n", modpath=False)
     assert "<count>65536</count>" in out, out

@@ -18,7 +18,8 @@ __all__ = ["rig"]
 YANG_DIRS = default_yang_dirs()
 
 
-def _yangcli(rig: Rig, tmp: Path, script: str) -> str:
+def yangcli(rig: Rig, tmp: Path, script: str, *, modpath: bool = True) -> str:
+    """Runs a yangcli script against the rig; without `modpath` yangcli finds the modules by get-schema."""
     exe = shutil.which("yangcli")
     if exe is None:
         pytest.fail("yangcli is missing: tests/run installs the Debian yangcli package")
@@ -32,7 +33,7 @@ def _yangcli(rig: Rig, tmp: Path, script: str) -> str:
             f"--ncport={rig.app.port}",
             "--user=admin",
             f"--password={PASSWORD}",
-            "--modpath=" + ":".join(YANG_DIRS),
+            *(["--modpath=" + ":".join(YANG_DIRS)] if modpath else []),
             "--batch-mode",
             f"--run-script={tmp / 'script.txt'}",
             "--display-mode=xml",
@@ -50,7 +51,7 @@ def _yangcli(rig: Rig, tmp: Path, script: str) -> str:
 def test_yangcli_reads_and_edits_through_the_candidate(rig: Rig, tmp_path: Path) -> None:
     m = rig.connect()
     m.edit_config(target="running", config=SERVER_CONFIG)
-    out = _yangcli(
+    out = yangcli(
         rig,
         tmp_path,
         "sget-config /twamp source=running\nmerge /twamp/server/count value=2048\ncommit\n"
