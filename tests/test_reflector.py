@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -283,7 +286,8 @@ def test_close_joins_threads_and_closes_sockets() -> None:
     before = {t.ident for t in threading.enumerate()}
     reflector = Reflector(ReflectorConfig(poll_interval=0.05))
     ports = [reflector.reserve_port("127.0.0.1") for _ in range(3)] + [reflector.reserve_port("::1")]
-    assert len({t.ident for t in threading.enumerate()} - before) == 4
+    started = {t.name for t in threading.enumerate() if t.ident not in before}
+    assert started == {f"twamp-reflector-{port}" for port in ports} | {"twamp-reflector-housekeeping"}
     reflector.close()
     assert {t.ident for t in threading.enumerate() if t.is_alive()} - before == set()
     for port in ports[:3]:  # the ports are free again
@@ -525,3 +529,69 @@ def test_an_ended_session_yields_to_a_started_wildcard(receive_batch: int) -> No
         assert _counters(reflector, exact.sid).reflected == 0 and not any(
             _counters(reflector, exact.sid).dropped.values()
         )
+
+
+_OUTSIDE_SENDER = """
+import json, socket, sys, time
+from nf.twamp.modes import SecurityMode
+from nf.twamp.test_packets import SenderPacket, TestPacketCodec, ntp_from_unix
+port, count, gap = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+codec = TestPacketCodec(SecurityMode.UNAUTHENTICATED, None)
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.bind(("127.0.0.1", 0))
+sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+print("ready", flush=True)
+sys.stdin.readline()
+start = time.monotonic()
+for seq in range(count):
+    while time.monotonic() < start + seq * gap:
+        pass
+    sock.sendto(codec.encode_sender(SenderPacket(seq, ntp_from_unix(time.time()), 0)), ("127.0.0.1", port))
+sock.settimeout(5.0)
+turnarounds = []
+try:
+    while len(turnarounds) < count:
+        reply = codec.decode_reflector(sock.recv(2048))
+        turnarounds.append((reply.timestamp - reply.receive_timestamp) / 2**32)
+except TimeoutError:
+    pass
+print(json.dumps({"received": len(turnarounds), "worst": max(turnarounds, default=-1.0)}), flush=True)
+"""
+
+
+def test_the_c_loop_reflects_while_the_interpreter_is_held() -> None:
+    """A control plane busy in the same process (here: one long C call holding the GIL) does not hold up
+    reflection: housekeeping runs on its own thread, so the port thread needs the GIL only for packets it
+    hands back. The sender is another process, so only the reflector shares this interpreter."""
+    with Reflector(ReflectorConfig(poll_interval=0.05)) as reflector:
+        port = reflector.reserve_port("127.0.0.1")
+        params = TestSessionParams(
+            os.urandom(16), SecurityMode.UNAUTHENTICATED, "127.0.0.1", 0, "127.0.0.1", port, 0, time.time(),
+            1.0, 0, 0, b"\0\0", False, None,
+        )  # fmt: skip
+        reflector.add_session(params)
+        reflector.start_session(params.sid)
+        started = time.perf_counter()
+        sum(range(1_000_000))
+        per_million = time.perf_counter() - started
+        hold = int(0.8 / per_million) * 1_000_000  # one C call of about 0.8 s: the GIL is never released
+        count = 300
+        sender = subprocess.Popen(
+            [sys.executable, "-c", _OUTSIDE_SENDER, str(port), str(count), "0.003"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert sender.stdin is not None and sender.stdout is not None
+            assert sender.stdout.readline().strip() == "ready"
+            sender.stdin.write("go\n")
+            sender.stdin.flush()
+            time.sleep(0.1)  # sending: now take the interpreter for most of the run
+            sum(range(hold))
+            report = json.loads(sender.stdout.readline())
+        finally:
+            sender.kill()
+            sender.wait()
+    assert report["received"] == count
+    assert report["worst"] < 0.05, f"a reply waited {report['worst'] * 1e3:.1f} ms in the reflector"

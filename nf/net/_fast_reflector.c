@@ -520,6 +520,7 @@ typedef struct {
     int fd, family, batch, send_batch;
     pthread_mutex_t lock;
     int serving;
+    int stopping; /* set by stop() from any thread: serve() returns after its current batch */
     Entry *entries;
     Py_ssize_t count, capacity;
     int dscp;
@@ -864,8 +865,8 @@ static PyObject *address_of(PortObject *self, int index) {
 }
 
 /* serve(until_ns, busy_poll_ns) -> (idle, deferred)
- * Reflects until a batch leaves something for Python, the monotonic clock passes until_ns, or the socket's
- * receive timeout (SO_RCVTIMEO) expires with nothing received (idle). Each deferred item is
+ * Reflects until a batch leaves something for Python, the monotonic clock passes until_ns, the socket's
+ * receive timeout (SO_RCVTIMEO) expires with nothing received (idle), or stop() was called. Each deferred item is
  * (code, datagram or None, address, receive_ntp, ttl, value); the datagram is there for RC_UNHANDLED. */
 static PyObject *Port_serve(PortObject *self, PyObject *args) {
     long long until, busy_poll;
@@ -883,6 +884,7 @@ static PyObject *Port_serve(PortObject *self, PyObject *args) {
     Py_BEGIN_ALLOW_THREADS
     int64_t spin_until = 0;
     for (;;) {
+        if (__atomic_load_n(&self->stopping, __ATOMIC_ACQUIRE)) break;
         for (int i = 0; i < self->batch; i++) {
             struct msghdr *hdr = &self->headers[i].msg_hdr;
             hdr->msg_name = &self->names[i];
@@ -948,6 +950,12 @@ static PyObject *Port_serve(PortObject *self, PyObject *args) {
     return Py_BuildValue("(NN)", PyBool_FromLong(idle), items);
 }
 
+static PyObject *Port_stop(PortObject *self, PyObject *unused) {
+    (void)unused;
+    __atomic_store_n(&self->stopping, 1, __ATOMIC_RELEASE);
+    Py_RETURN_NONE;
+}
+
 static PyObject *Port_get_dscp(PortObject *self, void *closure) {
     (void)closure;
     return PyLong_FromLong(self->dscp);
@@ -979,6 +987,8 @@ static PyMethodDef Port_methods[] = {
         "Reflect for a session: packets from host:port (b\"\" / 0: any) are its own."},
     {"remove", (PyCFunction)Port_remove, METH_O, "Forget a session; True if it was there."},
     {"serve", (PyCFunction)Port_serve, METH_VARARGS, "Receive and reflect until Python is needed."},
+    {"stop", (PyCFunction)Port_stop, METH_NOARGS,
+        "Make serve() return (within one receive timeout) and every later call return at once."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -5,21 +5,24 @@ Speed is a requirement, so each reserved port gets its own thread, and the per-p
 receive timestamp (SO_TIMESTAMPNS, T2) and TTL, the session is found by source address, the reply is built
 from the layouts' field offsets, T3 is read just before its sendto. Python sees a packet only when the C
 loop hands it back: no active session for it (not started, past its Timeout, a stranger), or a drop to count
-and log (short, bad HMAC, rate limit, send failure). Python also wakes at each housekeeping deadline and
-when the socket's SO_RCVTIMEO expires, for Timeout after Stop-Sessions, REFWAIT and shutdown.
+and log (short, bad HMAC, rate limit, send failure), or the socket has been idle for its SO_RCVTIMEO. The
+C loop enforces a stopping session's Timeout itself; ending sessions (Timeout, REFWAIT), forgetting them
+after linger and closing idle ports happen on one housekeeping thread per Reflector, so a port thread never
+waits for the GIL while packets flow, however busy the rest of the process is (a test holds the GIL 0.8 s).
 
 With receive_batch 1, or without the C extension, the pure-Python loop (recvmsg, SessionReflector, sendto)
 serves instead; it builds the same replies (tests/test_fast_reflector.py) at about a quarter of the rate.
 
 Where the time goes (tests/benchmarks/reflector.py, 2-core VM): the kernel's loopback send is ~3.5-5 us
 of CPU per reply and a batched receive ~1-1.5 us per datagram; the C reply builder adds well under 1 us
-(unauthenticated) or ~2-3 us (authenticated: two AES blocks, two HMAC-SHA1). A batched send (send_batch > 1)
+(unauthenticated) or ~1 us (authenticated: two AES blocks, two HMAC-SHA1). A batched send (send_batch > 1)
 saves part of the send cost but stamps each T3 before the replies ahead of it in the batch have left.
 
 Thread-safety: the control side (any thread) adds, starts, stops and removes sessions; only the port's own
-thread touches packet counters, so they need no lock. on_session_end is called from a port thread (or from
-close()); it must be quick and thread-safe. Counts are taken before a reply is sent, and a released port's
-counts join the totals once its thread has stopped, so totals() after close() misses nothing.
+thread touches packet counters, so they need no lock. on_session_end is called from a port thread, the
+housekeeping thread or close(); it must be quick and thread-safe. Counts are taken before a reply is sent,
+and a released port's counts join the totals once its thread has stopped, so totals() after close() misses
+nothing.
 """
 
 from __future__ import annotations
@@ -313,15 +316,13 @@ class _Port:
         self._shutdown()
 
     def _run_native(self, port: native.Port) -> None:
-        """The C loop reflects; Python sees only what it hands back (drops, packets of no active session)
-        and the housekeeping deadline, so the interpreter costs nothing per reflected packet."""
-        config = self.owner.config
-        period = int(config.poll_interval * 1e9)
-        spin = int(config.busy_poll * 1e9)
-        next_housekeeping = time.monotonic_ns() + period
+        """The C loop reflects; this thread takes the GIL only for what it hands back (drops, packets of no
+        active session) and when the socket is idle. Housekeeping runs on the Reflector's own thread, so a
+        busy interpreter (the control plane of the same process) never holds up a reflected packet."""
+        spin = int(self.owner.config.busy_poll * 1e9)
         while not self.closing:
             try:
-                idle, deferred = port.serve(next_housekeeping, spin)
+                _idle, deferred = port.serve(_FOREVER_NS, spin)
             except OSError as exc:
                 if self.closing or exc.errno == errno.EBADF:
                     break
@@ -338,9 +339,6 @@ class _Port:
                     self.drop(session, reason, detail, addr)
             self.receive_calls = port.receive_calls
             self.send_calls = port.send_calls + self.deferred_sends
-            if idle or time.monotonic_ns() >= next_housekeeping:
-                self._housekeeping()
-                next_housekeeping = time.monotonic_ns() + period
 
     def _reflect_deferred(
         self, session: _Session | None, data: bytes, addr: _Address, receive_ntp: int, ttl: int
@@ -558,6 +556,8 @@ class Reflector:
         self._retired: list[_Port] = []  # released ports whose threads may still be running
         self._range_cursor = 0
         self._closed = False
+        self._housekeeper: threading.Thread | None = None  # for the C loop's ports, started with the first
+        self._stop_housekeeping = threading.Event()
 
     def __repr__(self) -> str:
         return f"Reflector(ports={len(self._ports)}, sessions={len(self._by_sid)})"
@@ -584,6 +584,11 @@ class Reflector:
                 entry = _Port(self, sock, host, bound)
                 self._ports[(host, bound)] = entry
                 entry.thread.start()
+                if entry.native is not None and self._housekeeper is None:
+                    self._housekeeper = threading.Thread(
+                        target=self._housekeep, name="twamp-reflector-housekeeping", daemon=True
+                    )
+                    self._housekeeper.start()
                 return int(bound)
             raise last_error or OSError(errno.EADDRINUSE, "no UDP port available")
 
@@ -614,6 +619,18 @@ class Reflector:
             raise
         return sock
 
+    def _housekeep(self) -> None:
+        """Timeout after Stop-Sessions, REFWAIT, linger and idle ports for the C loop's ports, every
+        poll_interval, off their threads."""
+        while not self._stop_housekeeping.wait(self.config.poll_interval):
+            with self._lock:
+                ports = [entry for entry in self._ports.values() if entry.native is not None]
+            for entry in ports:
+                try:
+                    entry._housekeeping()
+                except Exception:  # a bug must not end housekeeping for every port
+                    log.exception("twamp reflector port %d: housekeeping failed", entry.port)
+
     def release_port(self, address: str, port: int) -> None:
         """Gives back a reserved port no session was added to (e.g. the request was refused after all)."""
         with self._lock:
@@ -628,6 +645,8 @@ class Reflector:
             del self._ports[(entry.address, entry.port)]
             self._used_ports.discard(entry)
             entry.closing = True
+            if entry.native is not None:
+                entry.native.stop()  # its C loop returns even under a flood
             # Its thread may still be finishing a packet (or ending and forgetting sessions): the port's
             # counts are folded into the totals only once that thread has stopped.
             self._retired.append(entry)
@@ -828,6 +847,10 @@ class Reflector:
             entries = list(self._ports.values())
             for entry in entries:
                 self.release(entry)
+        self._stop_housekeeping.set()
+        housekeeper = self._housekeeper
+        if housekeeper is not None and housekeeper is not threading.current_thread():
+            housekeeper.join()
         for entry in entries:
             if entry.thread.is_alive() and entry.thread is not threading.current_thread():
                 entry.thread.join()
