@@ -78,7 +78,7 @@ class ReflectorConfig:
     refwait: float = DEFAULT_REFWAIT  # a session (or unused reserved port) idle this long is dropped
     max_pps: float | None = None  # default per-session packets-per-second limit; None = unlimited
     burst: float | None = None  # token bucket depth in packets; default max(1, max_pps / 10)
-    poll_interval: float = 0.2  # housekeeping period of each port thread
+    poll_interval: float = 0.2  # housekeeping period, and how long an idle port thread blocks in a receive
     linger: float = 5.0  # after a session ends its port stays open this long, counting late packets
     log_interval: float = 10.0  # rate limit of bad-input log records, per reason
     kept_results: int = 1024  # counters of ended sessions kept for counters()

@@ -36,7 +36,6 @@ __all__ = [
     "TestPacketError",
     "TestPacketErrorReason",
     "ntp_from_ns",
-    "ntp_from_timespec",
     "ntp_from_unix",
     "ntp_now",
     "unix_from_ntp",
@@ -68,11 +67,6 @@ def ntp_from_ns(unix_ns: int) -> int:
 def ntp_now(time_ns: Callable[[], int]) -> int:
     """ntp_from_ns(time_ns()) in one call (the clock is injected): the reflector's T3 clock, per packet."""
     return (((time_ns() + _NTP_UNIX_OFFSET_NS) << 32) // 1_000_000_000) & 0xFFFFFFFFFFFFFFFF
-
-
-def ntp_from_timespec(seconds: int, nanos: int) -> int:
-    """ntp_from_ns of a kernel timespec without first joining it into nanoseconds."""
-    return (((seconds + NTP_UNIX_OFFSET) & 0xFFFFFFFF) << 32) | ((nanos << 32) // 1_000_000_000)
 
 
 def unix_from_ntp(ntp: int) -> float:
