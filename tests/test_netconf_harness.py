@@ -219,6 +219,18 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
         r.close()
 
 
+def one_connection_state() -> dict[str, Any]:
+    """Runtime state with one active control connection at the Server: what a test's fake runtime returns."""
+    connection = {
+        "client-ip": "192.0.2.1",
+        "client-tcp-port": 40000,
+        "server-ip": "192.0.2.2",
+        "server-tcp-port": 862,
+        "state": "active",
+    }
+    return {"twamp-nf-twamp:twamp": {"server": {"ctrl-connection": [connection]}}}
+
+
 SERVER_CONFIG = f"""
 <config xmlns="{NC_NS}">
   <twamp xmlns="{TWAMP_NS}">

@@ -19,6 +19,7 @@ from tests.test_netconf_harness import (
     SERVER_CONFIG,
     TWAMP_NS,
     Rig,
+    one_connection_state,
     rig,
     users_toml,
 )
@@ -156,21 +157,7 @@ def test_schema_list_in_get_with_subtree_and_xpath_filters(rig: Rig) -> None:
     assert xp["twamp-nf-ike"].findtext(f"{{{MON_NS}}}version")  # keys come with the selection
 
     # no filter: the runtime's state and the schema list in one reply
-    rig.runtime.state = {
-        "twamp-nf-twamp:twamp": {
-            "server": {
-                "ctrl-connection": [
-                    {
-                        "client-ip": "192.0.2.1",
-                        "client-tcp-port": 40000,
-                        "server-ip": "192.0.2.2",
-                        "server-tcp-port": 862,
-                        "state": "active",
-                    }
-                ]
-            }
-        }
-    }
+    rig.runtime.state = one_connection_state()
     full = etree.fromstring(m.get().xml.encode())
     assert "paths" not in rig.runtime.requests[-1]
     assert full.find(f".//{{{MON_NS}}}schema") is not None

@@ -25,6 +25,7 @@ from tests.test_netconf_harness import (
     WAIT,
     FakeRuntime,
     Rig,
+    one_connection_state,
     rig,
 )
 
@@ -310,21 +311,7 @@ def test_subtree_and_xpath_filters(rig: Rig) -> None:
 def test_get_merges_runtime_state(rig: Rig) -> None:
     m = rig.connect()
     m.edit_config(target="running", config=SERVER_CONFIG)
-    rig.runtime.state = {
-        "twamp-nf-twamp:twamp": {
-            "server": {
-                "ctrl-connection": [
-                    {
-                        "client-ip": "192.0.2.1",
-                        "client-tcp-port": 40000,
-                        "server-ip": "192.0.2.2",
-                        "server-tcp-port": 862,
-                        "state": "active",
-                    }
-                ]
-            }
-        }
-    }
+    rig.runtime.state = one_connection_state()
     reply = _xml(m.get())
     assert "paths" not in rig.runtime.requests[-1]
     m.get(filter=("subtree", f'<twamp xmlns="{TWAMP_NS}"><server/></twamp>'))

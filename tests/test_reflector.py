@@ -59,6 +59,14 @@ def _params(
     )
 
 
+def _plain_params(host: str, sender_port: int, reflector_port: int) -> TestSessionParams:
+    """An unauthenticated session for a sender that is a plain UDP socket (sender_port 0: any port)."""
+    return TestSessionParams(
+        os.urandom(16), SecurityMode.UNAUTHENTICATED, host, sender_port, host, reflector_port, 0, time.time(),
+        1.0, 0, 0, b"\0\0", False, None,
+    )  # fmt: skip
+
+
 @pytest.fixture
 def reflector() -> Iterator[Reflector]:
     with Reflector(ReflectorConfig(poll_interval=0.05, linger=1.0)) as r:
@@ -439,22 +447,7 @@ def test_close_during_a_flood_counts_exactly_the_replies_sent() -> None:
             flood.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 * 1024 * 1024)
             flood.bind(("127.0.0.1", 0))
             port = reflector.reserve_port("127.0.0.1")
-            params = TestSessionParams(
-                os.urandom(16),
-                SecurityMode.UNAUTHENTICATED,
-                "127.0.0.1",
-                flood.getsockname()[1],
-                "127.0.0.1",
-                port,
-                0,
-                time.time(),
-                1.0,
-                0,
-                0,
-                b"\0\0",
-                False,
-                None,
-            )
+            params = _plain_params("127.0.0.1", flood.getsockname()[1], port)
             reflector.add_session(params)
             reflector.start_session(params.sid)
             packet = codec.encode_sender(SenderPacket(0, ntp_from_unix(time.time()), 0))
@@ -565,10 +558,7 @@ def test_the_c_loop_reflects_while_the_interpreter_is_held() -> None:
     hands back. The sender is another process, so only the reflector shares this interpreter."""
     with Reflector(ReflectorConfig(poll_interval=0.05)) as reflector:
         port = reflector.reserve_port("127.0.0.1")
-        params = TestSessionParams(
-            os.urandom(16), SecurityMode.UNAUTHENTICATED, "127.0.0.1", 0, "127.0.0.1", port, 0, time.time(),
-            1.0, 0, 0, b"\0\0", False, None,
-        )  # fmt: skip
+        params = _plain_params("127.0.0.1", 0, port)
         reflector.add_session(params)
         reflector.start_session(params.sid)
         started = time.perf_counter()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import time
 
@@ -13,7 +12,7 @@ from nf.net.sender import SessionSender
 from nf.net.socket_options import set_receive_buffer
 from nf.twamp.modes import SecurityMode
 from nf.twamp.test_packets import SenderPacket, TestPacketCodec, ntp_from_unix
-from nf.twamp.test_session import TestSessionParams
+from tests.test_reflector import _plain_params
 
 WAIT = 30.0
 HOSTS = ["127.0.0.1", "::1"]
@@ -36,22 +35,7 @@ def test_queued_bursts_are_all_reflected_with_their_own_timestamps(
         set_receive_buffer(sender, 4 * 1024 * 1024)  # room for all 300 replies
         sender.bind((host, 0))
         port = reflector.reserve_port(host)
-        params = TestSessionParams(
-            os.urandom(16),
-            SecurityMode.UNAUTHENTICATED,
-            host,
-            sender.getsockname()[1],
-            host,
-            port,
-            0,
-            time.time(),
-            1.0,
-            0,
-            0,
-            b"\0\0",
-            False,
-            None,
-        )
+        params = _plain_params(host, sender.getsockname()[1], port)
         reflector.add_session(params)
         reflector.start_session(params.sid)
         sender.connect((host, port))

@@ -189,21 +189,32 @@ def test_servwait_closes_an_idle_control_connection(reflector_factory: Any) -> N
     assert stats["connections"]["servwait_timeout"] == 1
 
 
+async def _one_session_accepted(config: MeasurementConfig) -> ControlConnection:
+    """A control connection, set up, with one test session requested and accepted (not started)."""
+    control = ControlConnection(config, os.urandom)
+    await control.connect()
+    try:
+        assert control.machine is not None
+        await control.expect((SetupCompleted,), "setup")
+        control.machine.request_session(
+            SessionRequest(sender_port=40000, reflector_port=0, start_time=time.time(), timeout=1)
+        )
+        await control.expect((SessionAccepted,), "Accept-Session")
+    except BaseException:
+        await control.close()
+        raise
+    return control
+
+
 def test_refwait_ends_a_session_nobody_started(reflector_factory: Any) -> None:
     reflector = reflector_factory("--refwait", "1")
     host, port = split_hostport(reflector.address)
     config = MeasurementConfig(host=host, port=port, mode=SecurityMode.UNAUTHENTICATED)
 
     async def scenario() -> StartAcked:
-        control = ControlConnection(config, os.urandom)
-        await control.connect()
+        control = await _one_session_accepted(config)
         try:
             assert control.machine is not None
-            await control.expect((SetupCompleted,), "setup")
-            control.machine.request_session(
-                SessionRequest(sender_port=40000, reflector_port=0, start_time=time.time(), timeout=1)
-            )
-            await control.expect((SessionAccepted,), "Accept-Session")
             deadline = time.monotonic() + WAIT
             while reflector.stats()["reflector"]["sessions"] and time.monotonic() < deadline:
                 await asyncio.sleep(0.2)  # REFWAIT (1 s) passes with no test packet
@@ -263,15 +274,9 @@ def test_servwait_still_applies_while_a_session_waits_for_its_start(reflector_fa
     config = MeasurementConfig(host=host, port=port, mode=SecurityMode.UNAUTHENTICATED, timeout=20)
 
     async def scenario() -> float:
-        control = ControlConnection(config, os.urandom)
-        await control.connect()
+        control = await _one_session_accepted(config)
         try:
             assert control.machine is not None
-            await control.expect((SetupCompleted,), "setup")
-            control.machine.request_session(
-                SessionRequest(sender_port=40000, reflector_port=0, start_time=time.time(), timeout=1)
-            )
-            await control.expect((SessionAccepted,), "Accept-Session")
             accepted = time.monotonic()
             with pytest.raises(ControlClientError, match="server closed the control connection"):
                 await control.expect((StartAcked,), "the server to close")  # we send nothing more
