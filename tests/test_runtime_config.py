@@ -196,6 +196,24 @@ def test_a_max_interval_below_lambda_is_refused_at_its_node() -> None:
     assert "below lambda" in error.message
 
 
+@pytest.mark.parametrize("value", [float("inf"), 1e400, float("nan"), 1.5, 100.0, "1e3", "0x10", True, " 5"])
+def test_an_integer_leaf_takes_only_an_integer(value: Any) -> None:
+    """RFC 7951 writes integers as numbers or (64-bit) digit strings; a float is refused, never truncated."""
+    config = _client()
+    config["twamp-nf-twamp:twamp"]["session-sender"]["test-session"][0]["number-of-packets"] = value
+    error = error_of(config)
+    assert error.tag == "invalid-value" and error.path.endswith("/number-of-packets")
+    assert error.message == "not an integer"
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-Infinity", float("inf"), True])
+def test_a_decimal_leaf_takes_only_a_finite_number(value: Any) -> None:
+    config = _client()
+    config["twamp-nf-twamp:twamp"]["session-sender"]["test-session"][0]["lambda"] = value
+    error = error_of(config)
+    assert error.tag == "invalid-value" and error.path.endswith("/lambda")
+
+
 def test_fingerprints_follow_the_subtree_and_the_secret() -> None:
     first = build_plan(_client()).connections["c"].fingerprint
     assert build_plan(_client()).connections["c"].fingerprint == first
@@ -352,7 +370,7 @@ JSON_VALUES = st.recursive(
     st.none()
     | st.booleans()
     | st.integers(-(2**70), 2**70)
-    | st.floats(allow_nan=False)
+    | st.floats()
     | st.text(max_size=20),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
     max_leaves=8,

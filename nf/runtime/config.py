@@ -19,7 +19,9 @@ import hashlib
 import hmac
 import ipaddress
 import json
+import math
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -63,6 +65,7 @@ NTP_UNIX_OFFSET = 2208988800
 # Change detection compares digests of secrets; keyed with a per-process random value, so a digest that ended
 # up somewhere would not help anyone guess the secret.
 _DIGEST_SALT = os.urandom(16)
+_INTEGER_TEXT = re.compile(r"[+-]?[0-9]+")
 
 
 class ConfigError(Exception):
@@ -134,20 +137,26 @@ class _Node:
         value = self.data.get(name, default)
         if value is None:
             raise ConfigError("invalid-value", self.at(name), "missing mandatory node")
-        try:
-            number = int(value)  # RFC 7951 writes 64-bit integers as strings
-        except (TypeError, ValueError):
-            raise ConfigError("invalid-value", self.at(name), "not an integer") from None
-        if isinstance(value, bool) or not low <= number <= high:
+        # RFC 7951 writes 64-bit integers as strings; a JSON float (1.5, 1e400) is not an integer value.
+        if isinstance(value, str) and _INTEGER_TEXT.fullmatch(value):
+            number = int(value)
+        elif isinstance(value, int) and not isinstance(value, bool):
+            number = value
+        else:
+            raise ConfigError("invalid-value", self.at(name), "not an integer")
+        if not low <= number <= high:
             raise ConfigError("invalid-value", self.at(name), f"must be {low}..{high}")
         return number
 
     def decimal(self, name: str) -> float:
         value = self.need(name)
         try:
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise ConfigError("invalid-value", self.at(name), "not a decimal number") from None
+        if isinstance(value, bool) or not math.isfinite(number):
+            raise ConfigError("invalid-value", self.at(name), "not a decimal number")
+        return number
 
     def boolean(self, name: str, default: bool) -> bool:
         value = self.data.get(name, default)
