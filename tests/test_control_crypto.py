@@ -54,7 +54,9 @@ def test_open_token_recovers_keys_and_checks_challenge() -> None:
     token = keys.seal_token(SharedSecret(SECRET), SALT, COUNT, CHALLENGE)
     opened = ControlKeys.open_token(SharedSecret(SECRET), SALT, COUNT, token, CHALLENGE)
     sid = bytes(range(16))
-    assert opened.test_session_keys(sid).hmac16(b"x") == keys.test_session_keys(sid).hmac16(b"x")
+    assert opened.test_session_keys(sid, reflector=True).hmac16(b"x") == keys.test_session_keys(
+        sid, reflector=True
+    ).hmac16(b"x")
     with pytest.raises(IntegrityError) as exc:
         ControlKeys.open_token(SharedSecret(b"other"), SALT, COUNT, token, CHALLENGE)
     assert exc.value.reason is ControlFailure.BAD_TOKEN
@@ -174,7 +176,7 @@ def test_open_mode_zeroes_and_ignores_hmac() -> None:
 
 def test_test_session_keys_follow_rfc4656_s4_1() -> None:
     sid = bytes(range(16, 32))
-    derived = ControlKeys(AES_KEY, HMAC_KEY).test_session_keys(sid)
+    derived = ControlKeys(AES_KEY, HMAC_KEY).test_session_keys(sid, reflector=True)
     ecb = Cipher(algorithms.AES(sid), modes.ECB()).encryptor()
     expected = TestSessionKeys(ecb.update(AES_KEY) + ecb.finalize(), _cbc(sid, bytes(16), HMAC_KEY))
     assert derived.hmac16(b"probe") == expected.hmac16(b"probe")

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from nf.net import _fast_reflector as native
 from nf.net.reflector import native_session
 from nf.net.socket_options import enable_receive_timestamps, enable_receive_ttl
+from nf.twamp.control_crypto import ControlKeys
 from nf.twamp.modes import SecurityMode
 from nf.twamp.test_keys import TestSessionKeys
 from nf.twamp.test_packets import (
@@ -139,6 +140,17 @@ def test_keys_do_not_come_back_out() -> None:
     session_keys = TestSessionKeys(os.urandom(16), os.urandom(32))
     assert repr(session_keys) == "TestSessionKeys(<hidden>)"
     assert repr(session_keys.native()) == "Keys(<hidden>)"
+
+
+def test_a_senders_keys_have_no_c_copy_and_cannot_reflect() -> None:
+    """The control client derives its session keys with reflector=False: no second copy in C memory."""
+    sid = os.urandom(16)
+    control = ControlKeys(os.urandom(16), os.urandom(32))
+    assert control.test_session_keys(sid, reflector=False).native() is None
+    assert control.test_session_keys(sid, reflector=True).native() is not None
+    params = _params(SecurityMode.AUTHENTICATED, keys=control.test_session_keys(sid, reflector=False))
+    with pytest.raises(ValueError, match="made for a sender"):
+        native_session(params, None, 1.0)
 
 
 def test_layouts_that_do_not_fit_are_refused() -> None:

@@ -161,6 +161,9 @@ _REPLY_FIELDS = (
 
 def native_session(params: TestSessionParams, rate: float | None, burst: float) -> native.Session:
     """The C reply builder of a session, given the layouts' field offsets so the formats live in one table."""
+    keys = params.keys.native() if params.keys is not None else None
+    if params.keys is not None and keys is None:
+        raise ValueError("these test session keys were made for a sender (native=False), not a reflector")
     codec = TestPacketCodec(params.mode, params.keys, params.symmetric)
     sent, reply = codec.sender_layout, codec.reflector_layout
     sender_covered = codec.sender_crypto.covered if codec.sender_crypto is not None else 0
@@ -174,7 +177,7 @@ def native_session(params: TestSessionParams, rate: float | None, burst: float) 
             reply.offsets.get("hmac", -1),
             reply_covered,
         ),  # type: ignore[arg-type]
-        params.keys.native() if params.keys is not None else None,
+        keys,
         keep_octets(params),
         rate or 0.0,
         burst,

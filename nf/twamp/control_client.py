@@ -477,7 +477,9 @@ class ControlClient:
             reflect_octets=reply.reflected_octets if self._mode & Modes.REFLECT_OCTETS else 0,
             server_octets=reply.server_octets.to_bytes(2, "big"),
             symmetric=bool(self._mode & Modes.SYMMETRICAL_SIZE),
-            keys=self._keys.test_session_keys(reply.sid) if protected and self._keys is not None else None,
+            keys=self._keys.test_session_keys(reply.sid, reflector=False)
+            if protected and self._keys is not None
+            else None,
             padding_to_reflect=request.padding_to_reflect if self._mode & Modes.REFLECT_OCTETS else 0,
         )
         self._sessions[reply.sid] = params

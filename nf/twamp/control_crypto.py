@@ -82,9 +82,10 @@ class ControlKeys:
             raise IntegrityError(ControlFailure.BAD_TOKEN, "Token does not carry the Challenge we sent")
         return cls(plain[16:32], plain[32:64])
 
-    def test_session_keys(self, sid: bytes) -> TestSessionKeys:
-        """Per-SID TWAMP-Test keys (RFC 4656 s4.1); only for authenticated and encrypted modes."""
-        return TestSessionKeys.derive(self._aes, self._hmac, sid)
+    def test_session_keys(self, sid: bytes, *, reflector: bool) -> TestSessionKeys:
+        """Per-SID TWAMP-Test keys (RFC 4656 s4.1); only for authenticated and encrypted modes. Only the
+        reflector's side gets the C fast path's copy (the sender never reflects)."""
+        return TestSessionKeys.derive(self._aes, self._hmac, sid, native=reflector)
 
     def _encryptor(self, iv: bytes) -> CipherContext:
         return _cbc(self._aes, iv).encryptor()

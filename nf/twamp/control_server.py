@@ -273,7 +273,7 @@ class ControlServer:
             reflect_octets=reflect,
             server_octets=server_octets.to_bytes(2, "big"),
             symmetric=bool(self._mode & Modes.SYMMETRICAL_SIZE),
-            keys=self._keys.test_session_keys(sid)
+            keys=self._keys.test_session_keys(sid, reflector=True)
             if self._keys is not None and self._security.test_is_protected
             else None,
             padding_to_reflect=request.padding_to_reflect if reflecting else 0,

@@ -42,7 +42,7 @@ class TestSessionKeys:
     __slots__ = ("_aes", "_ecb", "_hmac", "_native")
     __test__ = False  # not a pytest class
 
-    def __init__(self, aes_key: bytes, hmac_key: bytes) -> None:
+    def __init__(self, aes_key: bytes, hmac_key: bytes, *, native: bool = True) -> None:
         if len(aes_key) != 16 or len(hmac_key) != 32:
             raise ValueError("test session keys must be 16 (AES) and 32 (HMAC) octets")
         self._aes = algorithms.AES(aes_key)
@@ -52,11 +52,14 @@ class TestSessionKeys:
             if _OPENSSL_HMAC
             else hmac.new(hmac_key, digestmod=sha1)
         )
-        # The reflector's C fast path gets its own prepared contexts, built here where the octets are.
-        self._native = _native.Keys(aes_key, hmac_key) if _native is not None else None
+        # The reflector's C fast path gets its own prepared contexts, built here where the octets are; a
+        # sender's keys (native=False) go without that extra copy.
+        self._native = _native.Keys(aes_key, hmac_key) if native and _native is not None else None
 
     @classmethod
-    def derive(cls, control_aes_key: bytes, control_hmac_key: bytes, sid: bytes) -> TestSessionKeys:
+    def derive(
+        cls, control_aes_key: bytes, control_hmac_key: bytes, sid: bytes, *, native: bool = True
+    ) -> TestSessionKeys:
         if len(sid) != 16 or len(control_aes_key) != 16 or len(control_hmac_key) != 32:
             raise ValueError("SID and control AES key must be 16 octets, control HMAC key 32")
         sid_cipher = algorithms.AES(sid)
@@ -64,7 +67,7 @@ class TestSessionKeys:
         aes_key = ecb.update(control_aes_key) + ecb.finalize()
         cbc = Cipher(sid_cipher, modes.CBC(ZERO_IV)).encryptor()
         hmac_key = cbc.update(control_hmac_key) + cbc.finalize()
-        return cls(aes_key, hmac_key)
+        return cls(aes_key, hmac_key, native=native)
 
     def __repr__(self) -> str:
         return "TestSessionKeys(<hidden>)"
