@@ -106,6 +106,10 @@ def establish(a: IKEEngine, b: IKEEngine) -> tuple[IKESA, IKESA]:
         "aes256-sha512-ecp384",
         "aes128gcm16-prfsha256-x25519",
         "aes256gcm16-prfsha384-ecp256",
+        "aes256-sha512-ecp521",
+        "aes128gcm16-prfsha256-curve448",
+        "aes128-sha256-modp3072",
+        "aes256gcm16-prfsha384-modp4096",
     ],
 )
 def test_childless_sa_both_roles_same_ippm_secret(proposals: str) -> None:

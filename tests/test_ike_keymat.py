@@ -17,7 +17,19 @@ from nf.ike.keymat import IKEKeymat
 from nf.ike.message import decode_message, encode_message, protected
 from nf.ike.payloads import DeletePayload, NotifyPayload, NotifyType, PayloadType
 from nf.ike.proposals import CipherSuite
-from nf.ike.transforms import DH_GROUPS, ENCRS, INTEGS, MODP_2048_PRIME, PRFS, DhId, EncrId, IntegId, PrfId
+from nf.ike.transforms import (
+    DH_GROUPS,
+    ENCRS,
+    INTEGS,
+    MODP_2048_PRIME,
+    MODP_3072_PRIME,
+    MODP_4096_PRIME,
+    PRFS,
+    DhId,
+    EncrId,
+    IntegId,
+    PrfId,
+)
 from nf.twamp.keysource import SharedSecret
 
 # --- prf+ (strongSwan src/libstrongswan/tests/suites/test_prf_plus.c, counter variant) --------------
@@ -279,6 +291,25 @@ def test_x25519_rfc7748_vector() -> None:
         (DhId.MODP_2048, (MODP_2048_PRIME - 1).to_bytes(256, "big"), KeyExchangeReason.BAD_PUBLIC_VALUE),
         (DhId.MODP_2048, MODP_2048_PRIME.to_bytes(256, "big"), KeyExchangeReason.BAD_PUBLIC_VALUE),
         (DhId.MODP_2048, b"\x02", KeyExchangeReason.BAD_PUBLIC_VALUE),
+        (DhId.MODP_3072, bytes(384), KeyExchangeReason.BAD_PUBLIC_VALUE),
+        (DhId.MODP_3072, (1).to_bytes(384, "big"), KeyExchangeReason.BAD_PUBLIC_VALUE),
+        (DhId.MODP_3072, (MODP_3072_PRIME - 1).to_bytes(384, "big"), KeyExchangeReason.BAD_PUBLIC_VALUE),
+        (DhId.MODP_3072, MODP_3072_PRIME.to_bytes(384, "big"), KeyExchangeReason.BAD_PUBLIC_VALUE),
+        (DhId.MODP_3072, b"\xff" * 384, KeyExchangeReason.BAD_PUBLIC_VALUE),
+        (DhId.MODP_3072, (2).to_bytes(256, "big"), KeyExchangeReason.BAD_PUBLIC_VALUE),  # a group-14 size
+        (DhId.MODP_4096, bytes(512), KeyExchangeReason.BAD_PUBLIC_VALUE),
+        (DhId.MODP_4096, (1).to_bytes(512, "big"), KeyExchangeReason.BAD_PUBLIC_VALUE),
+        (DhId.MODP_4096, (MODP_4096_PRIME - 1).to_bytes(512, "big"), KeyExchangeReason.BAD_PUBLIC_VALUE),
+        (DhId.MODP_4096, MODP_4096_PRIME.to_bytes(512, "big"), KeyExchangeReason.BAD_PUBLIC_VALUE),
+        (DhId.MODP_4096, (2).to_bytes(513, "big"), KeyExchangeReason.BAD_PUBLIC_VALUE),
+        (DhId.ECP_521, b"\x01" * 132, KeyExchangeReason.BAD_PUBLIC_VALUE),  # not on the curve
+        (DhId.ECP_521, bytes(132), KeyExchangeReason.BAD_PUBLIC_VALUE),
+        (DhId.ECP_521, b"\x01" * 96, KeyExchangeReason.BAD_PUBLIC_VALUE),  # a P-384 size
+        (DhId.ECP_521, b"\x01" * 133, KeyExchangeReason.BAD_PUBLIC_VALUE),
+        (DhId.ECP_521, b"\xff" * 132, KeyExchangeReason.BAD_PUBLIC_VALUE),  # coordinates beyond the field
+        (DhId.CURVE448, bytes(56), KeyExchangeReason.ZERO_SHARED_SECRET),
+        (DhId.CURVE448, bytes(32), KeyExchangeReason.BAD_PUBLIC_VALUE),  # an X25519 size
+        (DhId.CURVE448, bytes(57), KeyExchangeReason.BAD_PUBLIC_VALUE),
     ],
 )
 def test_weak_or_malformed_peer_values_are_refused(

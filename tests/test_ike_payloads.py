@@ -334,7 +334,7 @@ _ENCR_WORDS = ["aes128", "aes192", "aes256"]
 _AEAD_WORDS = ["aes128gcm16", "aes192gcm16", "aes256gcm16"]
 _INTEG_WORDS = ["sha1", "sha256", "sha384", "sha512"]
 _PRF_WORDS = ["prfsha1", "prfsha256", "prfsha384", "prfsha512"]
-_DH_WORDS = ["modp2048", "ecp256", "ecp384", "x25519"]
+_DH_WORDS = ["modp2048", "modp3072", "modp4096", "ecp256", "ecp384", "ecp521", "x25519", "curve448"]
 
 
 def _some(words: list[str]) -> st.SearchStrategy[list[str]]:

@@ -24,6 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nf.ike.identities import IDType
+from nf.ike.transforms import DH_GROUPS, DhId
 from nf.net.limits import Limits
 from nf.net.sender import Schedule
 from nf.runtime.config import ConfigError, Plan, build_plan, modes_to_text, ntp_to_unix, unix_to_ntp
@@ -464,3 +465,23 @@ def test_any_mutated_tree_gives_a_plan_or_a_config_error(
             "malformed-message",
         )
         assert SECRET.decode() not in str(exc)
+
+
+@pytest.mark.parametrize(
+    ("name", "group"),
+    [
+        ("ecp-521", DhId.ECP_521),
+        ("curve448", DhId.CURVE448),
+        ("modp-3072", DhId.MODP_3072),
+        ("modp-4096", DhId.MODP_4096),
+    ],
+)
+def test_gateway_dh_groups_map_to_their_transforms(name: str, group: DhId) -> None:
+    """The groups operators' gateways use, by their YANG enum names, become the IKE proposal's group."""
+    config = template()
+    config["twamp-nf-ike:ike"]["peer"][0]["proposal"][0]["dh-group"] = name
+    plan = build_plan(config)
+    assert plan.ike is not None
+    (proposal,) = plan.ike.peers["gw"].config.proposals
+    assert proposal.dh_groups == (DH_GROUPS[group],)
+    assert proposal.name == f"aes128gcm16-prfsha256-{DH_GROUPS[group].name}"

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import dh, ec, x25519
+from cryptography.hazmat.primitives.asymmetric import dh, ec, x448, x25519
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.utils import CryptographyDeprecationWarning
@@ -62,9 +62,13 @@ class IntegId(enum.IntEnum):
 
 class DhId(enum.IntEnum):
     MODP_2048 = 14
+    MODP_3072 = 15
+    MODP_4096 = 16
     ECP_256 = 19
     ECP_384 = 20
+    ECP_521 = 21
     CURVE25519 = 31
+    CURVE448 = 32
 
 
 KEY_LENGTH_ATTRIBUTE = 14  # RFC 7296 s3.3.5, always TV, value in bits
@@ -219,13 +223,56 @@ MODP_2048_PRIME = int(
     "E39E772C180E86039B2783A2EC07A28FB5C55DF06F4C52C9DE2BCBF695581718"
     "3995497CEA956AE515D2261898FA051015728E5A8AACAA68FFFFFFFFFFFFFFFF",
     16,
-)  # RFC 3526 s3, generator 2
+)  # RFC 3526 s3, generator 2 (as are the two below)
+MODP_3072_PRIME = int(
+    "FFFFFFFFFFFFFFFFC90FDAA22168C234C4C6628B80DC1CD129024E088A67CC74"
+    "020BBEA63B139B22514A08798E3404DDEF9519B3CD3A431B302B0A6DF25F1437"
+    "4FE1356D6D51C245E485B576625E7EC6F44C42E9A637ED6B0BFF5CB6F406B7ED"
+    "EE386BFB5A899FA5AE9F24117C4B1FE649286651ECE45B3DC2007CB8A163BF05"
+    "98DA48361C55D39A69163FA8FD24CF5F83655D23DCA3AD961C62F356208552BB"
+    "9ED529077096966D670C354E4ABC9804F1746C08CA18217C32905E462E36CE3B"
+    "E39E772C180E86039B2783A2EC07A28FB5C55DF06F4C52C9DE2BCBF695581718"
+    "3995497CEA956AE515D2261898FA051015728E5A8AAAC42DAD33170D04507A33"
+    "A85521ABDF1CBA64ECFB850458DBEF0A8AEA71575D060C7DB3970F85A6E1E4C7"
+    "ABF5AE8CDB0933D71E8C94E04A25619DCEE3D2261AD2EE6BF12FFA06D98A0864"
+    "D87602733EC86A64521F2B18177B200CBBE117577A615D6C770988C0BAD946E2"
+    "08E24FA074E5AB3143DB5BFCE0FD108E4B82D120A93AD2CAFFFFFFFFFFFFFFFF",
+    16,
+)  # RFC 3526 s4
+MODP_4096_PRIME = int(
+    "FFFFFFFFFFFFFFFFC90FDAA22168C234C4C6628B80DC1CD129024E088A67CC74"
+    "020BBEA63B139B22514A08798E3404DDEF9519B3CD3A431B302B0A6DF25F1437"
+    "4FE1356D6D51C245E485B576625E7EC6F44C42E9A637ED6B0BFF5CB6F406B7ED"
+    "EE386BFB5A899FA5AE9F24117C4B1FE649286651ECE45B3DC2007CB8A163BF05"
+    "98DA48361C55D39A69163FA8FD24CF5F83655D23DCA3AD961C62F356208552BB"
+    "9ED529077096966D670C354E4ABC9804F1746C08CA18217C32905E462E36CE3B"
+    "E39E772C180E86039B2783A2EC07A28FB5C55DF06F4C52C9DE2BCBF695581718"
+    "3995497CEA956AE515D2261898FA051015728E5A8AAAC42DAD33170D04507A33"
+    "A85521ABDF1CBA64ECFB850458DBEF0A8AEA71575D060C7DB3970F85A6E1E4C7"
+    "ABF5AE8CDB0933D71E8C94E04A25619DCEE3D2261AD2EE6BF12FFA06D98A0864"
+    "D87602733EC86A64521F2B18177B200CBBE117577A615D6C770988C0BAD946E2"
+    "08E24FA074E5AB3143DB5BFCE0FD108E4B82D120A92108011A723C12A787E6D7"
+    "88719A10BDBA5B2699C327186AF4E23C1A946834B6150BDA2583E9CA2AD44CE8"
+    "DBBBC2DB04DE8EF92E8EFC141FBECAA6287C59474E6BC05D99B2964FA090C3A2"
+    "233BA186515BE7ED1F612970CEE2D7AFB81BDD762170481CD0069127D5B05AA9"
+    "93B4EA988D8FDDC186FFB7DC90A6C08F4DF435C934063199FFFFFFFFFFFFFFFF",
+    16,
+)  # RFC 3526 s5
 
 # Group orders (SEC 2 / FIPS 186-4), used to map injected random octets onto a valid private scalar.
 _P256_ORDER = int("FFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551", 16)
 _P384_ORDER = int(
     "FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFC7634D81F4372DDF581A0DB248B0A77AECEC196ACCC52973", 16
 )
+_P521_ORDER = int(
+    "01FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFA51868783BF2F966B7FCC0148F709A5D03B"
+    "B5C9B8899C47AEBB6FB71E91386409",
+    16,
+)
+
+# Octets of random input behind a MODP private exponent: 512 bits, at least twice the security strength
+# of every MODP group here (SP 800-57: 112/128/152 bits for 2048/3072/4096), as RFC 3526 s8 advises.
+_MODP_EXPONENT_OCTETS = 64
 
 
 class KeyExchange(abc.ABC):
@@ -250,11 +297,13 @@ class KeyExchange(abc.ABC):
 
 
 class _ModpExchange(KeyExchange):
-    def __init__(self, group: DhGroup, rng: Rng) -> None:
+    """A RFC 3526 MODP group with generator 2; KE data and g^ir are both big-endian, padded to the prime."""
+
+    def __init__(self, group: DhGroup, rng: Rng, prime: int) -> None:
         self.group = group
-        prime = MODP_2048_PRIME
-        # 512-bit private exponent: far above the 2x security-level rule for a 2048-bit group.
-        exponent = int.from_bytes(rng(64), "big") % (prime - 3) + 2
+        self._prime = prime
+        size = group.public_size
+        exponent = int.from_bytes(rng(_MODP_EXPONENT_OCTETS), "big") % (prime - 3) + 2
         with warnings.catch_warnings():  # FFDH is deprecated in cryptography but MUST for IKEv2 (RFC 8247)
             warnings.simplefilter("ignore", CryptographyDeprecationWarning)
             self._numbers = dh.DHParameterNumbers(prime, 2)
@@ -262,7 +311,7 @@ class _ModpExchange(KeyExchange):
             # cryptography builds DH keys only from (x, g^x); g^x is obtained as the DH function of x
             # applied to g itself, so every exponentiation runs in OpenSSL.
             bootstrap = dh.DHPrivateNumbers(exponent, generator).private_key()
-            public = bootstrap.exchange(generator.public_key()).rjust(256, b"\0")
+            public = bootstrap.exchange(generator.public_key()).rjust(size, b"\0")
             numbers = dh.DHPublicNumbers(int.from_bytes(public, "big"), self._numbers)
             self._key = dh.DHPrivateNumbers(exponent, numbers).private_key()
         self._public = public
@@ -272,16 +321,21 @@ class _ModpExchange(KeyExchange):
         return self._public
 
     def shared_secret(self, peer_value: bytes) -> bytes:
-        if len(peer_value) != 256:
-            raise KeyExchangeError(KeyExchangeReason.BAD_PUBLIC_VALUE, f"MODP-2048 length {len(peer_value)}")
+        size = self.group.public_size
+        if len(peer_value) != size:
+            raise KeyExchangeError(
+                KeyExchangeReason.BAD_PUBLIC_VALUE, f"{self.group.name} value of {len(peer_value)}"
+            )
         peer = int.from_bytes(peer_value, "big")
-        if not 1 < peer < MODP_2048_PRIME - 1:
-            raise KeyExchangeError(KeyExchangeReason.BAD_PUBLIC_VALUE, "MODP-2048 value out of range")
+        if not 1 < peer < self._prime - 1:
+            raise KeyExchangeError(
+                KeyExchangeReason.BAD_PUBLIC_VALUE, f"{self.group.name} value out of range"
+            )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", CryptographyDeprecationWarning)
             public = dh.DHPublicNumbers(peer, self._numbers).public_key()
             secret = self._key.exchange(public)
-        return secret.rjust(256, b"\0")
+        return secret.rjust(size, b"\0")
 
 
 class _EcpExchange(KeyExchange):
@@ -309,29 +363,57 @@ class _EcpExchange(KeyExchange):
             peer = ec.EllipticCurvePublicKey.from_encoded_point(self._curve, b"\x04" + peer_value)
         except ValueError:
             raise KeyExchangeError(KeyExchangeReason.BAD_PUBLIC_VALUE, f"{self.group.name} point") from None
+        # OpenSSL returns the x coordinate padded to the field size: the RFC 5903 g^ir as it stands.
         return self._key.exchange(ec.ECDH(), peer)
 
 
-class _X25519Exchange(KeyExchange):
-    def __init__(self, group: DhGroup, rng: Rng) -> None:
+class _MontgomeryExchange(KeyExchange):
+    """X25519 or X448 (RFC 8031): KE data and g^ir are raw little-endian u-coordinates of one size."""
+
+    def __init__(self, group: DhGroup, public: bytes) -> None:
         self.group = group
-        self._key = x25519.X25519PrivateKey.from_private_bytes(rng(32))
-        self._public = self._key.public_key().public_bytes_raw()
+        self._public = public
 
     @property
     def public_value(self) -> bytes:
         return self._public
 
+    @abc.abstractmethod
+    def _exchange(self, peer_value: bytes) -> bytes:
+        """The raw function result; ValueError when OpenSSL finds it all zero."""
+
     def shared_secret(self, peer_value: bytes) -> bytes:
-        if len(peer_value) != 32:
-            raise KeyExchangeError(KeyExchangeReason.BAD_PUBLIC_VALUE, f"X25519 value of {len(peer_value)}")
+        if len(peer_value) != self.group.public_size:
+            raise KeyExchangeError(
+                KeyExchangeReason.BAD_PUBLIC_VALUE, f"{self.group.name} value of {len(peer_value)}"
+            )
         try:
-            secret = self._key.exchange(x25519.X25519PublicKey.from_public_bytes(peer_value))
+            secret = self._exchange(peer_value)
         except ValueError:
-            raise KeyExchangeError(KeyExchangeReason.ZERO_SHARED_SECRET, "X25519 result is zero") from None
+            raise KeyExchangeError(
+                KeyExchangeReason.ZERO_SHARED_SECRET, f"{self.group.name} result is zero"
+            ) from None
         if not any(secret):  # RFC 8031 / RFC 7748 s6: peers do not check for us
-            raise KeyExchangeError(KeyExchangeReason.ZERO_SHARED_SECRET, "X25519 result is zero")
+            raise KeyExchangeError(KeyExchangeReason.ZERO_SHARED_SECRET, f"{self.group.name} result is zero")
         return secret
+
+
+class _X25519Exchange(_MontgomeryExchange):
+    def __init__(self, group: DhGroup, rng: Rng) -> None:
+        self._key = x25519.X25519PrivateKey.from_private_bytes(rng(32))
+        super().__init__(group, self._key.public_key().public_bytes_raw())
+
+    def _exchange(self, peer_value: bytes) -> bytes:
+        return self._key.exchange(x25519.X25519PublicKey.from_public_bytes(peer_value))
+
+
+class _X448Exchange(_MontgomeryExchange):
+    def __init__(self, group: DhGroup, rng: Rng) -> None:
+        self._key = x448.X448PrivateKey.from_private_bytes(rng(56))
+        super().__init__(group, self._key.public_key().public_bytes_raw())
+
+    def _exchange(self, peer_value: bytes) -> bytes:
+        return self._key.exchange(x448.X448PublicKey.from_public_bytes(peer_value))
 
 
 @dataclass(frozen=True)
@@ -344,22 +426,30 @@ class DhGroup:
     secret_size: int
 
     def generate(self, rng: Rng) -> KeyExchange:
-        if self.transform_id == DhId.MODP_2048:
-            return _ModpExchange(self, rng)
-        if self.transform_id == DhId.ECP_256:
-            return _EcpExchange(self, rng, ec.SECP256R1(), _P256_ORDER)
-        if self.transform_id == DhId.ECP_384:
-            return _EcpExchange(self, rng, ec.SECP384R1(), _P384_ORDER)
-        return _X25519Exchange(self, rng)
+        return _EXCHANGES[self.transform_id](self, rng)
 
+
+_EXCHANGES: dict[int, Callable[[DhGroup, Rng], KeyExchange]] = {
+    DhId.MODP_2048: lambda group, rng: _ModpExchange(group, rng, MODP_2048_PRIME),
+    DhId.MODP_3072: lambda group, rng: _ModpExchange(group, rng, MODP_3072_PRIME),
+    DhId.MODP_4096: lambda group, rng: _ModpExchange(group, rng, MODP_4096_PRIME),
+    DhId.ECP_256: lambda group, rng: _EcpExchange(group, rng, ec.SECP256R1(), _P256_ORDER),
+    DhId.ECP_384: lambda group, rng: _EcpExchange(group, rng, ec.SECP384R1(), _P384_ORDER),
+    DhId.ECP_521: lambda group, rng: _EcpExchange(group, rng, ec.SECP521R1(), _P521_ORDER),
+    DhId.CURVE25519: _X25519Exchange,
+    DhId.CURVE448: _X448Exchange,
+}
 
 DH_GROUPS: dict[int, DhGroup] = {
     group.transform_id: group
     for group in (
         DhGroup(DhId.MODP_2048, "modp2048", 256, 256),
+        DhGroup(DhId.MODP_3072, "modp3072", 384, 384),
+        DhGroup(DhId.MODP_4096, "modp4096", 512, 512),
         DhGroup(DhId.ECP_256, "ecp256", 64, 32),
         DhGroup(DhId.ECP_384, "ecp384", 96, 48),
+        DhGroup(DhId.ECP_521, "ecp521", 132, 66),
         DhGroup(DhId.CURVE25519, "x25519", 32, 32),
+        DhGroup(DhId.CURVE448, "curve448", 56, 56),
     )
 }
-
