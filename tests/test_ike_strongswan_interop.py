@@ -34,8 +34,8 @@ pytestmark = pytest.mark.strongswan
 
 PSK = bytes(range(7, 39))
 T = TypeVar("T")
-# (auth, swanctl proposal): every DH group (14, 19, 20, 31) and cipher suite (AES-GCM-16 128/256,
-# AES-CBC with HMAC-SHA2-256/384/512) appears at least once, and every auth method with two suites.
+# (auth, swanctl proposal): every DH group (14, 15, 16, 19, 20, 21, 31, 32) and cipher suite (AES-GCM-16
+# 128/256, AES-CBC with HMAC-SHA2-256/384/512) appears at least once, and every auth method with two suites.
 MATRIX = [
     ("psk", "aes128-sha256-modp2048"),
     ("psk", "aes256-sha384-ecp384"),
@@ -50,6 +50,11 @@ MATRIX = [
     ("rsa-pss", "aes256-sha384-modp2048"),
     ("ed25519", "aes128gcm16-prfsha256-x25519"),
     ("ed25519", "aes256-sha512-ecp256"),
+    ("psk", "aes256-sha512-ecp521"),
+    ("psk", "aes128-sha256-modp3072"),
+    ("psk", "aes256gcm16-prfsha384-modp4096"),
+    ("ecdsa", "aes128gcm16-prfsha256-curve448"),
+    ("ecdsa384", "aes256-sha384-ecp521"),
 ]
 IDS = {
     "psk": ("sw.test", "py.test"),
