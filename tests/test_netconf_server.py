@@ -74,7 +74,7 @@ def test_hello_advertises_capabilities_and_modules(rig: Rig) -> None:
     ):
         assert cap in caps
     modules = {c.split("module=")[1].split("&")[0] for c in caps if "module=" in c}
-    assert modules == {"twamp-nf-twamp", "twamp-nf-ike", "twamp-nf-ike-binding"}
+    assert modules == {"twamp-nf-twamp", "twamp-nf-ike", "twamp-nf-ike-binding", "ietf-netconf-with-defaults"}
     assert m.session_id is not None and int(m.session_id) >= 1
 
 

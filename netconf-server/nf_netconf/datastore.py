@@ -16,7 +16,7 @@ from typing import Any
 
 from lxml import etree
 
-from nf_netconf.edit import Change, apply_edit, subtree_changes
+from nf_netconf.edit import Change, apply_edit, drop_default_marks, subtree_changes
 from nf_netconf.errors import Reason, RpcError
 from nf_netconf.nacm import Nacm
 from nf_netconf.runtime_link import RuntimeLink, RuntimeRefused, RuntimeUnavailable
@@ -118,11 +118,15 @@ class Datastores:
         """copy-config: the target becomes `source` (a <data>/<config> element), through the same checks."""
         with self._mutex:
             self._check_lock(target, session_id)
-            new_roots = [el for el in source if isinstance(el.tag, str)]
+            new_roots = [copy.deepcopy(el) for el in source if isinstance(el.tag, str)]
+            for root in new_roots:
+                info = self.schema.lookup(None, root.tag)
+                if info is not None:  # an unknown root is refused by subtree_changes below
+                    drop_default_marks(root, info, "/" + info.path.lstrip("/"))
             changes = subtree_changes(list(self._stores[target]), self.schema, "delete")
             changes += subtree_changes(new_roots, self.schema, "create")
             self._authorize(groups, changes)
-            self._store(target, _wrap([copy.deepcopy(el) for el in new_roots]))
+            self._store(target, _wrap(new_roots))
 
     def _authorize(self, groups: frozenset[str], changes: list[Change]) -> None:
         denied = self.nacm.first_denied_write(groups, changes)

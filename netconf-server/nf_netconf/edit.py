@@ -14,6 +14,7 @@ from lxml import etree
 
 from nf_netconf.errors import Reason, RpcError, invalid_value, unknown_element
 from nf_netconf.schema import NodeInfo, Schema
+from nf_netconf.with_defaults import TAG, asks_for_default, same_value
 
 NC_NS = "urn:ietf:params:xml:ns:netconf:base:1.0"
 OPERATION = f"{{{NC_NS}}}operation"
@@ -116,6 +117,9 @@ class _Editor:
         self, target: etree._Element, element: etree._Element, info: NodeInfo, inst: str, op: str
     ) -> None:
         existing = self._find(target, element, info)
+        if asks_for_default(element):
+            self._back_to_default(target, existing, element, info, inst, op)
+            return
         if op == "create":
             if existing is not None:
                 raise RpcError("data-exists", f"{inst} already exists", reason=Reason.DATA_EXISTS, path=inst)
@@ -160,6 +164,25 @@ class _Editor:
                 existing = self._skeleton(target, element, info, inst)
             self.children(existing, element, info, inst, "none")
 
+    def _back_to_default(
+        self,
+        target: etree._Element,
+        existing: etree._Element | None,
+        element: etree._Element,
+        info: NodeInfo,
+        inst: str,
+        op: str,
+    ) -> None:
+        """A leaf marked wd:default="true" (RFC 6243 s4.5.2): its default takes effect, which the explicit
+        datastore holds as no leaf at all; create and delete keep their existence checks."""
+        check_default(element, info, inst)
+        if op == "create" and existing is not None:
+            raise RpcError("data-exists", f"{inst} already exists", reason=Reason.DATA_EXISTS, path=inst)
+        if op == "delete" and existing is None:
+            raise RpcError("data-missing", f"{inst} does not exist", reason=Reason.DATA_MISSING, path=inst)
+        if existing is not None and op != "none":
+            self._remove(target, existing, info, inst)
+
     def _skeleton(
         self, target: etree._Element, element: etree._Element, info: NodeInfo, inst: str
     ) -> etree._Element:
@@ -173,6 +196,7 @@ class _Editor:
         self, target: etree._Element, element: etree._Element, info: NodeInfo, inst: str, change: str
     ) -> None:
         node = _clean_copy(element)
+        drop_default_marks(node, info, inst)
         target.append(node)
         self._record_subtree(node, info, inst, change)
 
@@ -238,6 +262,31 @@ def _clean_copy(element: etree._Element) -> etree._Element:
             del el.attrib[OPERATION]
     etree.cleanup_namespaces(node)
     return node
+
+
+def check_default(element: etree._Element, info: NodeInfo, inst: str) -> None:
+    if info.kind != "leaf" or info.default is None:
+        raise invalid_value(f"{inst} has no YANG default, so wd:default cannot set it", inst)
+    if not same_value(_text(element), info.default):
+        raise invalid_value(f'{inst}: wd:default="true" must carry the default value {info.default}', inst)
+
+
+def drop_default_marks(node: etree._Element, info: NodeInfo, inst: str) -> None:
+    """New data from a report-all-tagged reply: a leaf marked wd:default="true" means "the default", so it
+    is left out (explicit mode stores no leaf for it); no mark is ever stored."""
+    node.attrib.pop(TAG, None)
+    for child in list(node):
+        if not isinstance(child.tag, str):
+            continue
+        child_info = info.child(child.tag)
+        if child_info is None:
+            continue  # reported as an unknown element when the subtree is recorded
+        if asks_for_default(child):
+            check_default(child, child_info, inst)
+            node.remove(child)
+        else:
+            drop_default_marks(child, child_info, inst)
+    etree.cleanup_namespaces(node)
 
 
 def subtree_changes(roots: list[etree._Element], schema: Schema, op: str) -> list[Change]:

@@ -21,6 +21,7 @@ from nf_netconf.nacm import Nacm
 from nf_netconf.notifications import NOTIF_NS, NotificationHub
 from nf_netconf.runtime_link import RuntimeLink, RuntimeRefused, RuntimeUnavailable
 from nf_netconf.schema import Schema
+from nf_netconf.with_defaults import WD_NS, requested_mode
 
 if TYPE_CHECKING:
     from nf_netconf.session import Session
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 Handler = Callable[["Session", etree._Element], etree._Element]
 
 NC_MODULE = "ietf-netconf"
+_WITH_DEFAULTS = frozenset({"with-defaults"})
 NOTIF_MODULE = "notifications"
 
 
@@ -35,13 +37,17 @@ def _ok() -> etree._Element:
     return etree.Element(f"{{{NC_NS}}}ok", nsmap={None: NC_NS})
 
 
-def _params(op: etree._Element, allowed: set[str], ns: str = NC_NS) -> dict[str, etree._Element]:
+def _params(
+    op: etree._Element, allowed: set[str], ns: str = NC_NS, augmented: frozenset[str] = frozenset()
+) -> dict[str, etree._Element]:
+    """The operation's parameters by name; `augmented` ones are in the with-defaults namespace."""
     params: dict[str, etree._Element] = {}
     for child in op:
         if not isinstance(child.tag, str):
             continue
         qname = etree.QName(child)
-        if qname.namespace != ns or qname.localname not in allowed:
+        expected = WD_NS if qname.localname in augmented else ns
+        if qname.namespace != expected or qname.localname not in allowed | augmented:
             raise RpcError(
                 "unknown-element",
                 f"unknown parameter {qname.localname!r} of {etree.QName(op).localname}",
@@ -145,24 +151,36 @@ class Operations:
         out.extend(list(selected))
         return out
 
+    def _config_data(self, source: str, mode: str) -> etree._Element:
+        """A datastore's content as an RFC 6243 mode shows it (defaults come before NACM and the filter, so
+        a filter can select a default and NACM hides what it must)."""
+        data = self.datastores.snapshot(source)
+        if mode != "explicit":
+            shown = self.schema.with_defaults(list(data), mode)
+            data = etree.Element(f"{{{NC_NS}}}data", nsmap={None: NC_NS})
+            data.extend(shown)
+        return data
+
     def get_config(self, session: Session, op: etree._Element) -> etree._Element:
-        params = _params(op, {"source", "filter"})
+        params = _params(op, {"source", "filter"}, augmented=_WITH_DEFAULTS)
         if "source" not in params:
             raise missing_element("source", "get-config needs a source")
         source = _datastore_name(params["source"], TARGETS)
-        return self._reply_data(session, self.datastores.snapshot(source), params.get("filter"))
+        mode = requested_mode(params.get("with-defaults"))
+        return self._reply_data(session, self._config_data(source, mode), params.get("filter"))
 
     def get(self, session: Session, op: etree._Element) -> etree._Element:
-        params = _params(op, {"filter"})
-        data = self.datastores.snapshot("running")
+        params = _params(op, {"filter"}, augmented=_WITH_DEFAULTS)
+        mode = requested_mode(params.get("with-defaults"))
+        data = self._config_data("running", mode)
         paths = self._state_paths(params.get("filter"))
         if paths != []:
             try:
                 state = self.runtime.get_state(paths)
             except (RuntimeRefused, RuntimeUnavailable) as exc:
                 raise runtime_error(exc) from None
-            merge_tree(data, self.schema.state_to_xml(state), self.schema)
-        merge_tree(data, self.schema.state_to_xml(self._schemas_state), self.schema)
+            merge_tree(data, self.schema.state_to_xml(state, mode), self.schema)
+        merge_tree(data, self.schema.state_to_xml(self._schemas_state, mode), self.schema)
         return self._reply_data(session, data, params.get("filter"))
 
     def _state_paths(self, filter_el: etree._Element | None) -> list[str] | None:
@@ -226,7 +244,10 @@ class Operations:
         return self.datastores.snapshot(name)
 
     def copy_config(self, session: Session, op: etree._Element) -> etree._Element:
-        params = _params(op, {"target", "source"})
+        """Datastore to datastore copies what clients set; RFC 6243's with-defaults parameter only shapes a
+        copy to a URL, which this server has no :url for, so its value is checked and has no effect."""
+        params = _params(op, {"target", "source"}, augmented=_WITH_DEFAULTS)
+        requested_mode(params.get("with-defaults"))
         for needed in ("target", "source"):
             if needed not in params:
                 raise missing_element(needed, f"copy-config needs a {needed}")

@@ -17,17 +17,20 @@ from pathlib import Path
 from typing import Any
 
 import libyang
+import libyang.data
 import libyang.log
 from libyang.util import c2str
 from lxml import etree
 
 from nf_netconf.errors import Reason, RpcError
+from nf_netconf.with_defaults import WD_MODULE, retag
 
 NACM_MODULE = "ietf-netconf-acm"
 NC_NS = "urn:ietf:params:xml:ns:netconf:base:1.0"
 DEFAULT_MODULES = ("twamp-nf-twamp", "twamp-nf-ike", "twamp-nf-ike-binding")
-# Modules of the NETCONF server itself (RFC 6022 state): in the context for their data, not the runtime's.
-SERVER_MODULES = ("ietf-netconf-monitoring",)
+# Modules of the NETCONF server itself (RFC 6022 state, RFC 6243 default marks): in the context for their
+# data and annotations, not the runtime's.
+SERVER_MODULES = ("ietf-netconf-monitoring", WD_MODULE)
 
 _LOCATION = re.compile(r'(?:Data|Schema) location "([^"]*)"')
 _SECRET_MESSAGE = "invalid value for a secret leaf (the value is not shown)"
@@ -46,6 +49,7 @@ class NodeInfo:
     secret: bool
     keys: tuple[str, ...] = ()
     children: dict[str, NodeInfo] = field(default_factory=dict)
+    default: str | None = None  # a leaf's YANG default, canonical text
 
     def child(self, tag: str) -> NodeInfo | None:
         return self.children.get(tag)
@@ -202,6 +206,10 @@ class Schema:
             config=not snode.config_false(),
             secret=secret,
         )
+        if kind == "leaf":
+            default = snode.default()
+            if default is not None:
+                info.default = str(default).lower() if isinstance(default, bool) else str(default)
         if kind == "list":
             info.keys = tuple(f"{{{ns}}}{key.name()}" for key in snode.keys())  # noqa: SIM118 (SList.keys)
         if kind in ("container", "list"):
@@ -262,8 +270,9 @@ class Schema:
         # nothing to print (only empty non-presence containers) comes back as None
         return _xml_roots(_text(xml_text)), _text(json_text) or "{}"
 
-    def state_to_xml(self, state: dict[str, Any]) -> list[etree._Element]:
-        """The runtime's get-state JSON as XML roots (parsed, not validated: it is config-false data only)."""
+    def state_to_xml(self, state: dict[str, Any], with_defaults: str = "explicit") -> list[etree._Element]:
+        """The runtime's get-state JSON as XML roots (parsed, not validated: it is config-false data only),
+        its defaults reported as an RFC 6243 mode asks."""
         if not state:
             return []
         with self._lock:
@@ -278,10 +287,47 @@ class Schema:
             if dnode is None:
                 return []
             try:
-                xml_text = dnode.print_mem("xml", with_siblings=True, pretty=False)
+                if with_defaults in ("report-all", "report-all-tagged"):
+                    dnode.add_defaults(no_config=True)
+                xml_text = _print_xml(dnode, with_defaults)
             finally:
                 dnode.free()
-        return _xml_roots(_text(xml_text))
+        roots = _xml_roots(xml_text)
+        retag(roots)
+        return roots
+
+    def with_defaults(self, roots: list[etree._Element], mode: str) -> list[etree._Element]:
+        """Stored config (what clients set) as an RFC 6243 retrieval mode shows it. Validation creates the
+        implicit defaults with their `when` conditions evaluated; a candidate that does not validate yet
+        gets them without that evaluation."""
+        if mode == "explicit" or not roots:
+            return roots
+        text = "".join(etree.tostring(root, encoding="unicode") for root in roots)
+        with self._lock:
+            try:
+                dnode = self._ctx.parse_data_mem(
+                    text, "xml", no_state=True, strict=True, validate_present=True
+                )
+            except (libyang.LibyangError, UnicodeDecodeError):  # the latter: libyang cut a character
+                try:
+                    dnode = self._ctx.parse_data_mem(
+                        text, "xml", no_state=True, strict=True, parse_only=True
+                    )
+                except (libyang.LibyangError, UnicodeDecodeError):  # stored data parsed before: never quote
+                    raise RpcError(
+                        "operation-failed", "stored data does not parse", reason=Reason.INTERNAL_ERROR
+                    ) from None
+                if dnode is not None:
+                    dnode.add_defaults(no_state=True)
+            if dnode is None:
+                return roots
+            try:
+                xml_text = _print_xml(dnode, mode)
+            finally:
+                dnode.free()
+        shown = _xml_roots(xml_text)
+        retag(shown)
+        return shown
 
     def notification_to_xml(self, name: str, data: dict[str, Any]) -> etree._Element:
         """A runtime event (module:notification + RFC 7951 content) as the notification's XML element."""
@@ -360,6 +406,28 @@ class Schema:
 def _text(printed: str | bytes | None) -> str:
     """libyang's print_mem result for the text formats: str, or None when there was nothing to print."""
     return printed if isinstance(printed, str) else ""
+
+
+_WD_FLAGS = {  # RFC 6243 mode -> libyang printer option
+    "explicit": "LYD_PRINT_WD_EXPLICIT",
+    "report-all": "LYD_PRINT_WD_ALL",
+    "report-all-tagged": "LYD_PRINT_WD_ALL_TAG",
+    "trim": "LYD_PRINT_WD_TRIM",
+}
+
+
+def _print_xml(dnode: Any, mode: str) -> str:
+    """XML of a tree and its siblings in a with-defaults mode (the binding's print_mem has no tagged mode)."""
+    lib: Any = getattr(libyang.data, "lib")  # noqa: B009 (the CFFI library is untyped)
+    ffi: Any = getattr(libyang.data, "ffi")  # noqa: B009
+    flags = lib.LYD_PRINT_WITHSIBLINGS | lib.LYD_PRINT_SHRINK | getattr(lib, _WD_FLAGS[mode])
+    out = ffi.new("char **")
+    if lib.lyd_print_mem(out, dnode.cdata, lib.LYD_XML, flags) != lib.LY_SUCCESS:
+        raise RpcError("operation-failed", "libyang could not print the data", reason=Reason.INTERNAL_ERROR)
+    try:
+        return _text(c2str(out[0])) if out[0] != ffi.NULL else ""
+    finally:
+        lib.free(out[0])
 
 
 def _first_message(text: str) -> str:

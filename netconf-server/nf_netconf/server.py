@@ -21,6 +21,8 @@ from nf_netconf.runtime_link import EventStream, RuntimeLink
 from nf_netconf.schema import DEFAULT_MODULES, Schema
 from nf_netconf.ssh import AuthController, BoundSSHServer, load_or_create_host_key
 from nf_netconf.users import load_users
+from nf_netconf.with_defaults import CAPABILITY as WITH_DEFAULTS_CAPABILITY
+from nf_netconf.with_defaults import WD_MODULE
 
 if TYPE_CHECKING:
     from nf_netconf.session import Session
@@ -36,6 +38,7 @@ CAPABILITIES = (
     "urn:ietf:params:netconf:capability:notification:1.0",
     "urn:ietf:params:netconf:capability:interleave:1.0",
     "urn:ietf:params:xml:ns:yang:ietf-netconf-monitoring",  # RFC 6022: schema list and get-schema
+    WITH_DEFAULTS_CAPABILITY,  # RFC 6243
 )
 DEFAULT_MAX_MESSAGE = 4 * 1024 * 1024
 
@@ -159,7 +162,10 @@ class NetconfApp:
     def nc_append_capabilities(self, capabilities: Any) -> None:
         for uri in CAPABILITIES:
             etree.SubElement(capabilities, "capability").text = uri
-        for module in self.schema.modules:
+        # ietf-netconf-with-defaults is announced as a module too: yangcli adds the <with-defaults> parameter
+        # only for a server that lists it (ietf-netconf-monitoring is left out: yangcli's autoload then
+        # trips over its own copy of it).
+        for module in (*self.schema.modules, WD_MODULE):
             uri = f"{self.schema.namespaces[module]}?module={module}"
             if module in self.schema.revisions:
                 uri += f"&revision={self.schema.revisions[module]}"

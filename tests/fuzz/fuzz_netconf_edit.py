@@ -1,6 +1,7 @@
 """Fuzz target: client XML into the NETCONF edit and filter engines (nf_netconf.edit, nf_netconf.filters) on
-the real YANG schema. Whatever the XML, they only ever raise RpcError, and an accepted edit either
-validates or is refused by libyang with an RpcError too."""
+the real YANG schema. Whatever the XML (wd:default marks of RFC 6243 included), they only ever raise
+RpcError, an accepted edit either validates or is refused by libyang with an RpcError too, and what is
+stored prints in every with-defaults mode."""
 
 from __future__ import annotations
 
@@ -13,11 +14,12 @@ from nf_netconf.errors import RpcError
 from nf_netconf.filters import apply_filter
 from nf_netconf.schema import Schema, safe_parser
 from nf_netconf.server import default_yang_dirs
+from nf_netconf.with_defaults import MODES, TAG_NS
 
 NC = "urn:ietf:params:xml:ns:netconf:base:1.0"
 TW = "urn:twamp-nf:yang:twamp-nf-twamp"
 SCHEMA = Schema(default_yang_dirs())
-PREFIX = f'<config xmlns="{NC}" xmlns:nc="{NC}"><twamp xmlns="{TW}">'.encode()
+PREFIX = f'<config xmlns="{NC}" xmlns:nc="{NC}" xmlns:wd="{TAG_NS}"><twamp xmlns="{TW}">'.encode()
 SUFFIX = b"</twamp></config>"
 BASE = (
     f'<data xmlns="{NC}"><twamp xmlns="{TW}"><server><modes>authenticated</modes>'
@@ -36,7 +38,8 @@ def fuzz_one(data: bytes) -> None:
     tree = etree.fromstring(BASE)
     try:
         apply_edit(tree, element, SCHEMA, ops[data[0] % 3])
-        SCHEMA.check_config(list(tree), full=bool(data[0] & 4))
+        roots, _ = SCHEMA.check_config(list(tree), full=bool(data[0] & 4))
+        SCHEMA.with_defaults(roots, MODES[(data[0] >> 3) % len(MODES)])  # RFC 6243 views of what was stored
     except RpcError:
         pass
     filter_el = etree.Element(f"{{{NC}}}filter")
