@@ -239,6 +239,11 @@ def test_strongswan_proposal_strings() -> None:
     x = ProposalSpec.parse("aes256-sha512-x25519")
     assert [p.transform_id for p in x.prfs] == [PrfId.HMAC_SHA2_512]
     assert [g.transform_id for g in x.dh_groups] == [DhId.CURVE25519]
+    assert (
+        ProposalSpec.parse("aes128-sha256-x448").dh_groups
+        == ProposalSpec.parse("aes128-sha256-curve448").dh_groups
+    )
+    assert [g.transform_id for g in ProposalSpec.parse("aes128-sha256-x448").dh_groups] == [DhId.CURVE448]
     both = parse_proposals("aes128-aes256-sha256-sha384-ecp256-curve25519, aes128gcm16-prfsha256-ecp256")
     assert len(both) == 2 and len(both[0].encrs) == 2 and len(both[0].prfs) == 2
 

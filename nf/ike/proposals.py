@@ -250,7 +250,7 @@ _INTEG_WORDS: dict[str, IntegAlgorithm] = {alg.name: alg for alg in INTEGS.value
 _INTEG_WORDS.update({f"sha2_{bits}": _INTEG_WORDS[f"sha{bits}"] for bits in (256, 384, 512)})
 _PRF_WORDS: dict[str, PrfAlgorithm] = {alg.name: alg for alg in PRFS.values()}
 _DH_WORDS: dict[str, DhGroup] = {group.name: group for group in DH_GROUPS.values()}
-_DH_WORDS.update({"curve25519": _DH_WORDS["x25519"]})
+_DH_WORDS.update({"curve25519": _DH_WORDS["x25519"], "x448": _DH_WORDS["curve448"]})  # strongSwan spells both
 _PRF_FOR_INTEG: dict[int, int] = {
     IntegId.HMAC_SHA1_96: PrfId.HMAC_SHA1,
     IntegId.HMAC_SHA2_256_128: PrfId.HMAC_SHA2_256,
