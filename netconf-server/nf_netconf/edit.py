@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from lxml import etree
 
 from nf_netconf.errors import Reason, RpcError, invalid_value, unknown_element
+from nf_netconf.ordering import Place, place, requested_place, strip
 from nf_netconf.schema import NodeInfo, Schema
 from nf_netconf.with_defaults import TAG, asks_for_default, same_value
 
@@ -120,10 +121,13 @@ class _Editor:
         if asks_for_default(element):
             self._back_to_default(target, existing, element, info, inst, op)
             return
+        where = None
+        if op in ("create", "merge", "replace"):
+            where = requested_place(element, info, inst, lambda probe: self._find(target, probe, info))
         if op == "create":
             if existing is not None:
                 raise RpcError("data-exists", f"{inst} already exists", reason=Reason.DATA_EXISTS, path=inst)
-            self._insert(target, element, info, inst, "create")
+            self._insert(target, element, info, inst, "create", where)
         elif op == "delete":
             if existing is None:
                 raise RpcError(
@@ -135,8 +139,10 @@ class _Editor:
                 self._remove(target, existing, info, inst)
         elif op == "replace":
             if existing is not None:
+                if where is None or where.anchor is existing:  # a replaced entry keeps its place
+                    where = Place("at", index=target.index(existing))
                 self._remove(target, existing, info, inst, record=False)
-            self._insert(target, element, info, inst, "update" if existing is not None else "create")
+            self._insert(target, element, info, inst, "update" if existing is not None else "create", where)
         elif op == "merge":
             if info.kind in ("leaf", "anydata"):
                 if existing is None:
@@ -146,10 +152,14 @@ class _Editor:
                     self._insert(target, element, info, inst, "update")
             elif info.kind == "leaf-list":
                 if existing is None:
-                    self._insert(target, element, info, inst, "create")
+                    self._insert(target, element, info, inst, "create", where)
+                elif where is not None:
+                    self._move(target, existing, info, inst, where)
             else:
                 if existing is None:
-                    existing = self._skeleton(target, element, info, inst)
+                    existing = self._skeleton(target, element, info, inst, where)
+                elif where is not None:
+                    self._move(target, existing, info, inst, where)
                 self.children(existing, element, info, inst, "merge")
         else:  # none: descend without changing, unless an operation below asks for a change
             if info.kind in ("leaf", "leaf-list", "anydata"):
@@ -183,21 +193,42 @@ class _Editor:
         if existing is not None and op != "none":
             self._remove(target, existing, info, inst)
 
+    def _move(
+        self, target: etree._Element, existing: etree._Element, info: NodeInfo, inst: str, where: Place
+    ) -> None:
+        """An existing entry of an ordered-by user list moves: an update of it (NACM checks write)."""
+        before = list(target).index(existing)
+        place(target, existing, where)
+        if list(target).index(existing) != before:
+            self.changes.append(Change("update", info, inst))
+
     def _skeleton(
-        self, target: etree._Element, element: etree._Element, info: NodeInfo, inst: str
+        self,
+        target: etree._Element,
+        element: etree._Element,
+        info: NodeInfo,
+        inst: str,
+        where: Place | None = None,
     ) -> etree._Element:
-        node = etree.SubElement(target, element.tag)
+        node = etree.Element(element.tag)
+        place(target, node, where)
         for key in info.keys:
             etree.SubElement(node, key).text = (element.findtext(key) or "").strip()
         self.changes.append(Change("create", info, inst))
         return node
 
     def _insert(
-        self, target: etree._Element, element: etree._Element, info: NodeInfo, inst: str, change: str
+        self,
+        target: etree._Element,
+        element: etree._Element,
+        info: NodeInfo,
+        inst: str,
+        change: str,
+        where: Place | None = None,
     ) -> None:
         node = _clean_copy(element)
         drop_default_marks(node, info, inst)
-        target.append(node)
+        place(target, node, where)
         self._record_subtree(node, info, inst, change)
 
     def _remove(
@@ -260,6 +291,7 @@ def _clean_copy(element: etree._Element) -> etree._Element:
     for el in node.iter():
         if OPERATION in el.attrib:
             del el.attrib[OPERATION]
+    strip(node)
     etree.cleanup_namespaces(node)
     return node
 

@@ -50,6 +50,7 @@ class NodeInfo:
     keys: tuple[str, ...] = ()
     children: dict[str, NodeInfo] = field(default_factory=dict)
     default: str | None = None  # a leaf's YANG default, canonical text
+    user_ordered: bool = False  # an ordered-by user list or leaf-list: edits may say where entries go
 
     def child(self, tag: str) -> NodeInfo | None:
         return self.children.get(tag)
@@ -210,6 +211,8 @@ class Schema:
             default = snode.default()
             if default is not None:
                 info.default = str(default).lower() if isinstance(default, bool) else str(default)
+        if kind in ("list", "leaf-list"):
+            info.user_ordered = snode.ordered()
         if kind == "list":
             info.keys = tuple(f"{{{ns}}}{key.name()}" for key in snode.keys())  # noqa: SIM118 (SList.keys)
         if kind in ("container", "list"):

@@ -19,7 +19,10 @@ from nf_netconf.with_defaults import MODES, TAG_NS
 NC = "urn:ietf:params:xml:ns:netconf:base:1.0"
 TW = "urn:twamp-nf:yang:twamp-nf-twamp"
 SCHEMA = Schema(default_yang_dirs())
-PREFIX = f'<config xmlns="{NC}" xmlns:nc="{NC}" xmlns:wd="{TAG_NS}"><twamp xmlns="{TW}">'.encode()
+PREFIX = (
+    f'<config xmlns="{NC}" xmlns:nc="{NC}" xmlns:wd="{TAG_NS}" xmlns:yang="urn:ietf:params:xml:ns:yang:1">'
+    f'<twamp xmlns="{TW}">'
+).encode()
 SUFFIX = b"</twamp></config>"
 BASE = (
     f'<data xmlns="{NC}"><twamp xmlns="{TW}"><server><modes>authenticated</modes>'
