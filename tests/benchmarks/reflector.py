@@ -2,7 +2,7 @@
 
     python -m tests.benchmarks.reflector [--seconds 2] [--max-rate 400000] [--no-pin] [--priority 0]
         [--busy-poll 50] [--receive-batch 16] [--send-batch 1] [--compare-rate 30000] [--no-compare]
-        [--turnaround-trials 3]
+        [--turnaround-trials 3] [--flood-rates 50000,100000]
 
 For unauthenticated and authenticated sessions it finds the highest packet rate the reflector sustains with
 zero loss (every packet sent came back), then measures the turnaround T3 - T2 (from the reply fields, with
@@ -17,7 +17,8 @@ CPU time per reflected packet (its CPU clock, user + kernel) and the load averag
 result line turns that CPU cost into the rate one whole core would sustain (wake-ups included, so a lower
 bound). A fixed rate (--compare-rate) is run with the pure-Python loop (recvmsg + sendto, receive_batch 1)
 and the C loop (recvmmsg + sendto, and recvmmsg + sendmmsg), alternated, to compare their CPU per packet;
-the host's system-call floor is printed first.
+the host's system-call floor is printed first. Last, floods of packets the reflector must drop (an unknown
+sender; a bad HMAC) at rising rates (--flood-rates) show how fast it counts them.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import argparse
 import contextlib
 import ctypes
 import ctypes.util
+import logging
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -233,10 +235,14 @@ class Bench:
         busy_poll: float,
         receive_batch: int,
         send_batch: int = 1,
+        flood: str | None = None,
     ) -> None:
+        """flood: "unknown-sender" (the session names another sender port) or "bad-hmac" (the session has
+        other keys than the generator): every packet is one the reflector must drop and count."""
         self.mode = mode
         self.keys_material = (os.urandom(16), os.urandom(32)) if mode.test_is_protected else None
-        keys = TestSessionKeys(*self.keys_material) if self.keys_material else None
+        reflector_keys = (os.urandom(16), os.urandom(32)) if flood == "bad-hmac" else self.keys_material
+        keys = TestSessionKeys(*reflector_keys) if reflector_keys else None
         config = ReflectorConfig(
             realtime_priority=priority,
             busy_poll=busy_poll,
@@ -263,7 +269,7 @@ class Bench:
             os.urandom(16),
             mode,
             HOST,
-            sender_port,
+            sender_port + 1 if flood == "unknown-sender" else sender_port,
             HOST,
             port,
             PADDING,
@@ -287,6 +293,9 @@ class Bench:
         achieved = sent / elapsed if elapsed > 0 else 0.0
         reflected = self._reflected() - before
         return Trial(rate, achieved, sent, received, reflected, turnarounds, cpu, os.getloadavg()[0])
+
+    def dropped(self) -> int:
+        return sum(self.reflector.totals().dropped.values())
 
     def _reflected(self) -> int:
         counters = self.reflector.counters(self.params.sid)
@@ -333,6 +342,40 @@ def find_max_rate(bench: Bench, seconds: float, max_rate: float) -> Trial | None
             break
         rate = (low + high) / 2 if high < max_rate else min(max_rate, rate * 1.5)
     return best
+
+
+def flood_absorption(args: argparse.Namespace) -> None:
+    """How fast the port thread counts (and rate-limit-logs) packets it must drop: the C loop hands them back
+    to Python, so this is the rate of a flood of bad packets it keeps up with, every one counted."""
+    logging.disable(logging.WARNING)  # the rate-limited drop log lines, a few per second
+    try:
+        for flood, mode in (
+            ("unknown-sender", SecurityMode.UNAUTHENTICATED),
+            ("bad-hmac", SecurityMode.AUTHENTICATED),
+        ):
+            bench = Bench(mode, not args.no_pin, args.priority or None, 0.0, args.receive_batch, flood=flood)
+            best = 0.0
+            try:
+                for rate in args.flood_rates:
+                    before = bench.dropped()
+                    trial = bench.trial(rate, args.seconds)
+                    time.sleep(0.2)  # the last batch's hand-back
+                    counted = bench.dropped() - before
+                    cpu = trial.cpu_seconds / counted * 1e6 if counted else float("nan")
+                    print(
+                        f"  {flood} flood at {trial.achieved:>9.0f} pps: sent {trial.sent} counted {counted} "
+                        f"(uncounted {trial.sent - counted}); port thread CPU {cpu:.1f} us/packet",
+                        flush=True,
+                    )
+                    if counted == trial.sent:
+                        best = max(best, trial.achieved)
+                    else:
+                        break
+            finally:
+                bench.close()
+            print(f"RESULT {flood} flood: every packet counted up to {best:,.0f} pps", flush=True)
+    finally:
+        logging.disable(logging.NOTSET)
 
 
 def per_packet_costs() -> None:
@@ -471,6 +514,12 @@ def main() -> int:
     )
     parser.add_argument("--turnaround-trials", type=int, default=3, help="turnaround trials at half rate")
     parser.add_argument("--no-compare", action="store_true", help="skip the I/O variants comparison")
+    parser.add_argument(
+        "--flood-rates",
+        type=lambda text: [float(x) for x in text.split(",") if x],
+        default=[50_000, 100_000, 150_000, 200_000, 250_000],
+        help="rates of the bad-packet floods (comma-separated; empty: skip them)",
+    )
     args = parser.parse_args()
     print(
         f"reflector benchmark: loopback {HOST}, {os.cpu_count()} CPUs, load average "
@@ -528,6 +577,8 @@ def main() -> int:
                 )
         finally:
             bench.close()
+    if args.flood_rates:
+        flood_absorption(args)
     return 0
 
 
