@@ -110,6 +110,7 @@ def test_session_examples_twamp_light_and_feature_bits() -> None:
     assert reflector.light_ports == (("198.51.100.7", 862),)
     assert (reflector.refwait, reflector.max_sessions) == (120, 1024)
     assert (reflector.busy_poll, reflector.realtime_priority) == (50e-6, 10)
+    assert (reflector.receive_batch, reflector.send_batch) == (32, 1)  # send-batch: its YANG default
     plan = build_plan(example("session-sender.xml"))
     light = plan.light_sessions["light-to-pe"]
     assert (light.reflector_address, light.reflector_port, light.dscp) == ("198.51.100.7", 862, 34)
@@ -368,11 +369,7 @@ def test_modes_text_round_trip() -> None:
 # ------------------------------------------------------------------------ any tree: ConfigError or a plan
 
 JSON_VALUES = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(-(2**70), 2**70)
-    | st.floats()
-    | st.text(max_size=20),
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=20),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
     max_leaves=8,
 )

@@ -734,7 +734,7 @@ def test_twamp_light_between_two_runtimes(tmp_path: Path, runtimes: list[Runtime
         "twamp-nf-twamp:twamp": {
             "session-reflector": {
                 "light-port": [{"reflector-ip": "127.0.0.1", "reflector-udp-port": port}],
-                "performance": {"busy-poll": 200, "realtime-priority": 7},
+                "performance": {"busy-poll": 200, "realtime-priority": 7, "receive-batch": 1},
             }
         }
     }
@@ -770,6 +770,12 @@ def test_twamp_light_between_two_runtimes(tmp_path: Path, runtimes: list[Runtime
     )
     assert "sid" not in done["data"] and done["data"]["results"]["sent"] == "20"
     assert int(done["data"]["results"]["received"]) > 0
+    # receive-batch 1: one receive call per datagram, and one send call per reply, counted in A's state
+    state_a = control_a.request("get-state")["state"]
+    assert_yang_valid("data", merged(reflector, state_a), tmp_path)
+    performance = state_a["twamp-nf-twamp:twamp"]["session-reflector"]["performance"]
+    assert int(performance["receive-calls"]) == 20
+    assert int(performance["send-calls"]) == int(done["data"]["results"]["received"])
     state = control_b.request("get-state")["state"]
     assert sender_session(state, "light")["state"] == "completed"
     assert_yang_valid("data", merged(sender, state), tmp_path)

@@ -133,6 +133,21 @@ def test_busy_polling_realtime_reflector(reflector_factory: Any) -> None:
     assert reflector.final_stats()["sessions"]["accepted"] == 1
 
 
+@pytest.mark.parametrize("batch", ["1", "64"])
+def test_batch_sizes_reach_the_port(reflector_factory: Any, batch: str) -> None:
+    """--receive-batch/--send-batch: with 1 every datagram costs one receive and one send call; with 64
+    a call may carry several, never more calls than datagrams."""
+    reflector = reflector_factory("--receive-batch", batch, "--send-batch", batch)
+    report = ping(reflector.address, "--count", "40", "--interval", "0.0005")
+    assert report["received"] == 40
+    stats = reflector.final_stats()["reflector"]
+    assert stats["reflected"] == 40
+    if batch == "1":
+        assert stats["receive_calls"] == stats["send_calls"] == 40
+    else:
+        assert 1 <= stats["receive_calls"] <= 40 and 1 <= stats["send_calls"] <= 40
+
+
 def test_several_sessions_in_parallel(shared_reflector: Reflector) -> None:
     report = ping(shared_reflector.address, "--sessions", "3")
     assert report["sent"] == 3 * COUNT

@@ -76,6 +76,14 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _batch(text: str) -> int:
+    """1..1024, the range of the YANG leaves (a recvmmsg/sendmmsg vector is allocated per port)."""
+    value = _positive_int(text)
+    if value > 1024:
+        raise argparse.ArgumentTypeError(f"{text} must be at most 1024")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--listen",
@@ -147,6 +155,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="SCHED_FIFO priority 1-99 for the reflector's port threads (needs CAP_SYS_NICE; default none)",
     )
+    parser.add_argument(
+        "--receive-batch",
+        type=_batch,
+        default=ReflectorConfig().receive_batch,
+        metavar="N",
+        help="datagrams a port takes per receive call when several wait, each with its own kernel timestamp; "
+        "1: one per call (default %(default)s)",
+    )
+    parser.add_argument(
+        "--send-batch",
+        type=_batch,
+        default=ReflectorConfig().send_batch,
+        metavar="N",
+        help="replies per send call when a receive brought several (at most --receive-batch); T3 is read "
+        "before the replies ahead of it have left (default %(default)s)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log every control connection")
 
 
@@ -200,6 +224,8 @@ async def serve(args: argparse.Namespace, config: ServerConfig, limits: Limits) 
             max_pps=limits.max_pps,
             busy_poll=max(0.0, args.busy_poll) / 1e6,
             realtime_priority=args.realtime_priority,
+            receive_batch=args.receive_batch,
+            send_batch=args.send_batch,
         )
     )
     listener = ControlListener(config, limits, reflector, test_port_range=args.test_ports)

@@ -18,7 +18,6 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
-#include <structmember.h>
 
 #include <errno.h>
 #include <netinet/in.h>
@@ -768,7 +767,7 @@ static void defer(PortObject *self, int *deferred, int index, int code, int valu
 static void flush(PortObject *self, int *queued, int *deferred) {
     int start = 0;
     while (start < *queued) {
-        self->send_calls += 1;
+        __atomic_fetch_add(&self->send_calls, 1, __ATOMIC_RELAXED); /* read live by Python */
         int sent = sendmmsg(self->fd, self->reply_headers + start, (unsigned)(*queued - start), MSG_DONTWAIT);
         if (sent > 0) {
             start += sent;
@@ -840,7 +839,7 @@ static int reflect_batch(PortObject *self, int got, int64_t now) {
             if (++queued == self->send_batch) flush(self, &queued, &deferred);
             continue;
         }
-        self->send_calls += 1;
+        __atomic_fetch_add(&self->send_calls, 1, __ATOMIC_RELAXED); /* read live by Python */
         /* never blocks holding the lock that add()/remove() wait for: a full queue is a lost reply */
         if (sendto(self->fd, reply, (size_t)reply_length, MSG_DONTWAIT, (struct sockaddr *)&self->names[i],
                 hdr->msg_namelen) < 0) {
@@ -911,7 +910,7 @@ static PyObject *Port_serve(PortObject *self, PyObject *args) {
             error = errno;
             break;
         }
-        self->receive_calls += 1;
+        __atomic_fetch_add(&self->receive_calls, 1, __ATOMIC_RELAXED);
         int64_t now = monotonic_ns();
         pthread_mutex_lock(&self->lock);
         deferred = reflect_batch(self, got, now);
@@ -992,14 +991,20 @@ static PyMethodDef Port_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static PyMemberDef Port_members[] = {
-    {"receive_calls", T_ULONGLONG, offsetof(PortObject, receive_calls), READONLY, "recvmmsg calls that returned data"},
-    {"send_calls", T_ULONGLONG, offsetof(PortObject, send_calls), READONLY, "sendto and sendmmsg calls"},
-    {NULL, 0, 0, 0, NULL},
-};
+static PyObject *Port_get_receive_calls(PortObject *self, void *closure) {
+    (void)closure;
+    return PyLong_FromUnsignedLongLong(__atomic_load_n(&self->receive_calls, __ATOMIC_RELAXED));
+}
+
+static PyObject *Port_get_send_calls(PortObject *self, void *closure) {
+    (void)closure;
+    return PyLong_FromUnsignedLongLong(__atomic_load_n(&self->send_calls, __ATOMIC_RELAXED));
+}
 
 static PyGetSetDef Port_getset[] = {
     {"dscp", (getter)Port_get_dscp, (setter)Port_set_dscp, "the DSCP the socket sends with now", NULL},
+    {"receive_calls", (getter)Port_get_receive_calls, NULL, "recvmmsg calls that returned data (live)", NULL},
+    {"send_calls", (getter)Port_get_send_calls, NULL, "sendto and sendmmsg calls (live)", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -1014,7 +1019,6 @@ static PyTypeObject PortType = {
     .tp_dealloc = (destructor)Port_dealloc,
     .tp_repr = (reprfunc)Port_repr,
     .tp_methods = Port_methods,
-    .tp_members = Port_members,
     .tp_getset = Port_getset,
 };
 

@@ -116,6 +116,8 @@ class ControlListener:
                 "dropped": {reason.value: n for reason, n in totals.dropped.items()},
                 "sessions": totals.sessions,
                 "ports": totals.ports,
+                "receive_calls": totals.receive_calls,  # datagrams received over this: the batching
+                "send_calls": totals.send_calls,
             },
         }
 

@@ -256,8 +256,8 @@ class _Port:
         self.last_activity = time.monotonic()
         self.reflected = 0
         self.internal_errors = 0
-        self.receive_calls = 0
-        self.send_calls = 0
+        self.python_receive_calls = 0  # the pure-Python loop's calls (the C loop counts its own)
+        self.python_send_calls = 0
         self.deferred_sends = 0  # replies Python sent for packets the C loop handed back
         self.dropped = dict.fromkeys(DropReason, 0)
         self.kernel_timestamps = enable_receive_timestamps(sock)
@@ -272,6 +272,17 @@ class _Port:
                 sock.fileno(), config.receive_batch, min(config.send_batch, config.receive_batch)
             )
         self.thread = threading.Thread(target=self._run, name=f"twamp-reflector-{port}", daemon=True)
+
+    @property
+    def receive_calls(self) -> int:
+        """Live, also while the C loop serves (its counters are atomics it updates as it goes)."""
+        native_calls = self.native.receive_calls if self.native is not None else 0
+        return self.python_receive_calls + native_calls
+
+    @property
+    def send_calls(self) -> int:
+        native_calls = self.native.send_calls if self.native is not None else 0
+        return self.python_send_calls + native_calls + self.deferred_sends
 
     def all_sessions(self) -> list[_Session]:
         return [*self.sessions.values(), *self.wildcards]
@@ -340,8 +351,6 @@ class _Port:
                 else:
                     reason, detail = _native_drop(code, value)
                     self.drop(session, reason, detail, addr)
-            self.receive_calls = port.receive_calls
-            self.send_calls = port.send_calls + self.deferred_sends
 
     def _reflect_deferred(
         self, session: _Session | None, data: bytes, addr: _Address, receive_ntp: int, ttl: int
@@ -435,7 +444,7 @@ class _Port:
                     break
                 self.owner.bad_input_log.warning("recv", "twamp reflector port %d: %s", self.port, exc)
                 continue
-            self.receive_calls += 1
+            self.python_receive_calls += 1
             stamp = 0
             ttl = TEST_TTL  # RFC 5357 s4.2.1: 255 when the TTL cannot be read
             for level, kind, data in ancdata:
@@ -487,7 +496,7 @@ class _Port:
                 if dscp != self.dscp:
                     set_dscp(sock, dscp)
                     self.dscp = dscp
-                self.send_calls += 1
+                self.python_send_calls += 1
                 sendto(reply, addr)
             except OSError as exc:
                 session.reflected -= 1

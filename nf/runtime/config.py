@@ -278,6 +278,8 @@ class ReflectorPlan:
     light_ports: tuple[tuple[str, int], ...] = ()  # TWAMP Light (RFC 5357 Appendix I) addresses
     busy_poll: float = 0.0  # seconds a port polls after a packet before sleeping
     realtime_priority: int | None = None  # SCHED_FIFO priority of the port threads
+    receive_batch: int = 16  # datagrams per receive call
+    send_batch: int = 1  # replies per send call
 
 
 @dataclass(frozen=True)
@@ -446,6 +448,8 @@ def _reflector(node: _Node) -> ReflectorPlan:
         light_ports=tuple(sorted(set(ports))) if enabled else (),
         busy_poll=performance.integer("busy-poll", 0, 0, 1_000_000) / 1e6,
         realtime_priority=priority,
+        receive_batch=performance.integer("receive-batch", 16, 1, 1024),
+        send_batch=performance.integer("send-batch", 1, 1, 1024),
     )
 
 

@@ -58,6 +58,8 @@ def _reflector_config(plan: ReflectorPlan, refwait: float | None = None) -> Refl
         max_pps=plan.max_pps,
         busy_poll=plan.busy_poll,
         realtime_priority=plan.realtime_priority,
+        receive_batch=plan.receive_batch,
+        send_batch=plan.send_batch,
     )
 
 

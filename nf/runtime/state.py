@@ -187,6 +187,13 @@ def _twamp_state(runtime: Runtime) -> dict[str, Any]:
         twamp["server"] = server
         if reflected or runtime.plan.reflector_configured:
             twamp["session-reflector"] = {"test-session": reflected} if reflected else {}
+    reflectors = [r for r in (runtime.server and runtime.server.reflector, runtime.light_reflector) if r]
+    if reflectors:
+        totals = [r.totals() for r in reflectors]
+        twamp.setdefault("session-reflector", {})["performance"] = {
+            "receive-calls": str(sum(t.receive_calls for t in totals)),
+            "send-calls": str(sum(t.send_calls for t in totals)),
+        }
     sender = _sender_state(runtime)
     if sender is not None:
         twamp["session-sender"] = sender
