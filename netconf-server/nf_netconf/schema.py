@@ -289,15 +289,9 @@ class Schema:
                 ) from None
             if dnode is None:
                 return []
-            try:
-                if with_defaults in ("report-all", "report-all-tagged"):
-                    dnode.add_defaults(no_config=True)
-                xml_text = _print_xml(dnode, with_defaults)
-            finally:
-                dnode.free()
-        roots = _xml_roots(xml_text)
-        retag(roots)
-        return roots
+            if with_defaults in ("report-all", "report-all-tagged"):
+                dnode.add_defaults(no_config=True)
+            return _shown(dnode, with_defaults)
 
     def with_defaults(self, roots: list[etree._Element], mode: str) -> list[etree._Element]:
         """Stored config (what clients set) as an RFC 6243 retrieval mode shows it. Validation creates the
@@ -324,13 +318,7 @@ class Schema:
                     dnode.add_defaults(no_state=True)
             if dnode is None:
                 return roots
-            try:
-                xml_text = _print_xml(dnode, mode)
-            finally:
-                dnode.free()
-        shown = _xml_roots(xml_text)
-        retag(shown)
-        return shown
+            return _shown(dnode, mode)
 
     def notification_to_xml(self, name: str, data: dict[str, Any]) -> etree._Element:
         """A runtime event (module:notification + RFC 7951 content) as the notification's XML element."""
@@ -417,6 +405,16 @@ _WD_FLAGS = {  # RFC 6243 mode -> libyang printer option
     "report-all-tagged": "LYD_PRINT_WD_ALL_TAG",
     "trim": "LYD_PRINT_WD_TRIM",
 }
+
+
+def _shown(dnode: Any, mode: str) -> list[etree._Element]:
+    """A parsed tree (freed here) as XML roots in a with-defaults mode, default marks in RFC 6243's form."""
+    try:
+        roots = _xml_roots(_print_xml(dnode, mode))
+    finally:
+        dnode.free()
+    retag(roots)
+    return roots
 
 
 def _print_xml(dnode: Any, mode: str) -> str:
