@@ -27,6 +27,7 @@ class Reason(enum.Enum):
     ACCESS_DENIED = "access-denied"
     LOCK_DENIED = "lock-denied"
     IN_USE = "in-use"
+    CONFIRMED_COMMIT = "confirmed-commit"  # none pending, another session's, bad persist-id, running reserved
     RUNTIME_REFUSED = "runtime-refused"
     RUNTIME_UNAVAILABLE = "runtime-unavailable"
     SESSION_LIMIT = "session-limit"

@@ -12,7 +12,14 @@ from typing import TYPE_CHECKING
 
 from lxml import etree
 
-from nf_netconf.datastore import ERROR_OPTIONS, TARGETS, TEST_OPTIONS, Datastores, runtime_error
+from nf_netconf.datastore import (
+    DEFAULT_CONFIRM_TIMEOUT,
+    ERROR_OPTIONS,
+    TARGETS,
+    TEST_OPTIONS,
+    Datastores,
+    runtime_error,
+)
 from nf_netconf.edit import DEFAULT_OPERATIONS, merge_tree
 from nf_netconf.errors import NC_NS, Reason, RpcError, bad_element, invalid_value, missing_element
 from nf_netconf.filters import apply_filter, filter_spec
@@ -31,6 +38,7 @@ Handler = Callable[["Session", etree._Element], etree._Element]
 NC_MODULE = "ietf-netconf"
 _WITH_DEFAULTS = frozenset({"with-defaults"})
 NOTIF_MODULE = "notifications"
+_UINT32_MAX = 2**32 - 1
 
 
 def _ok() -> etree._Element:
@@ -85,6 +93,29 @@ def _text_option(params: dict[str, etree._Element], name: str, allowed: frozense
     return value
 
 
+def _leaf_text(param: etree._Element) -> str:
+    """A string leaf's value exactly as sent (a token's spaces count); child elements are refused."""
+    if any(isinstance(child.tag, str) for child in param):
+        name = etree.QName(param).localname
+        raise bad_element(name, f"{name} is a leaf and holds no elements")
+    return param.text or ""
+
+
+def _confirm_timeout(param: etree._Element | None) -> int:
+    if param is None:
+        return DEFAULT_CONFIRM_TIMEOUT
+    text = _leaf_text(param).strip()
+    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= _UINT32_MAX:
+        raise RpcError(
+            "invalid-value",
+            f"confirm-timeout must be a number of seconds from 1 to {_UINT32_MAX}",
+            reason=Reason.INVALID_VALUE,
+            error_type="protocol",
+            info={"bad-element": "confirm-timeout"},
+        )
+    return int(text)
+
+
 class Operations:
     def __init__(
         self,
@@ -109,6 +140,7 @@ class Operations:
             (NC_NS, "lock"): (NC_MODULE, self.lock),
             (NC_NS, "unlock"): (NC_MODULE, self.unlock),
             (NC_NS, "commit"): (NC_MODULE, self.commit),
+            (NC_NS, "cancel-commit"): (NC_MODULE, self.cancel_commit),
             (NC_NS, "discard-changes"): (NC_MODULE, self.discard_changes),
             (NC_NS, "validate"): (NC_MODULE, self.validate),
             (NC_NS, "close-session"): (NC_MODULE, self.close_session),
@@ -257,8 +289,29 @@ class Operations:
         return _ok()
 
     def commit(self, session: Session, op: etree._Element) -> etree._Element:
-        _params(op, set())
-        self.datastores.commit(session.sid)
+        """commit with RFC 6241 section 8.4's parameters (confirmed, confirm-timeout, persist, persist-id)."""
+        params = _params(op, {"confirmed", "confirm-timeout", "persist", "persist-id"})
+        confirmed = "confirmed" in params
+        if confirmed and _leaf_text(params["confirmed"]).strip():
+            raise bad_element("confirmed", "confirmed is an empty leaf")
+        for needs_confirmed in ("confirm-timeout", "persist"):
+            if needs_confirmed in params and not confirmed:
+                raise missing_element("confirmed", f"{needs_confirmed} is a parameter of a confirmed commit")
+        persist = params.get("persist")
+        persist_id = params.get("persist-id")
+        self.datastores.commit(
+            session.sid,
+            confirmed=confirmed,
+            timeout=_confirm_timeout(params.get("confirm-timeout")),
+            persist=None if persist is None else _leaf_text(persist),
+            persist_id=None if persist_id is None else _leaf_text(persist_id),
+        )
+        return _ok()
+
+    def cancel_commit(self, session: Session, op: etree._Element) -> etree._Element:
+        params = _params(op, {"persist-id"})
+        persist_id = params.get("persist-id")
+        self.datastores.cancel_commit(session.sid, None if persist_id is None else _leaf_text(persist_id))
         return _ok()
 
     def discard_changes(self, session: Session, op: etree._Element) -> etree._Element:

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 CAPABILITIES = (
     "urn:ietf:params:netconf:capability:writable-running:1.0",
     "urn:ietf:params:netconf:capability:candidate:1.0",
+    "urn:ietf:params:netconf:capability:confirmed-commit:1.1",  # RFC 6241 section 8.4
     "urn:ietf:params:netconf:capability:validate:1.1",
     "urn:ietf:params:netconf:capability:rollback-on-error:1.0",
     "urn:ietf:params:netconf:capability:xpath:1.0",
@@ -118,6 +119,7 @@ class NetconfApp:
             sessions = list(self._sessions.values())
         for session in sessions:
             session.close()
+        self.datastores.shutdown()  # a pending confirmed commit is rolled back while the runtime link is up
         self.events.stop()
         self.runtime.close()
         log.info("NETCONF server stopped; refusals by reason: %s", self.counters.snapshot())
