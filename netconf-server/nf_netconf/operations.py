@@ -28,7 +28,7 @@ from nf_netconf.nacm import Nacm
 from nf_netconf.notifications import NOTIF_NS, NotificationHub
 from nf_netconf.runtime_link import RuntimeLink, RuntimeRefused, RuntimeUnavailable
 from nf_netconf.schema import Schema
-from nf_netconf.with_defaults import WD_NS, requested_mode
+from nf_netconf.with_defaults import BASIC_MODE, MODES, WD_NS
 
 if TYPE_CHECKING:
     from nf_netconf.session import Session
@@ -37,6 +37,7 @@ Handler = Callable[["Session", etree._Element], etree._Element]
 
 NC_MODULE = "ietf-netconf"
 _WITH_DEFAULTS = frozenset({"with-defaults"})
+_WD_MODES = frozenset(MODES)
 NOTIF_MODULE = "notifications"
 _UINT32_MAX = 2**32 - 1
 
@@ -198,12 +199,12 @@ class Operations:
         if "source" not in params:
             raise missing_element("source", "get-config needs a source")
         source = _datastore_name(params["source"], TARGETS)
-        mode = requested_mode(params.get("with-defaults"))
+        mode = _text_option(params, "with-defaults", _WD_MODES, BASIC_MODE)
         return self._reply_data(session, self._config_data(source, mode), params.get("filter"))
 
     def get(self, session: Session, op: etree._Element) -> etree._Element:
         params = _params(op, {"filter"}, augmented=_WITH_DEFAULTS)
-        mode = requested_mode(params.get("with-defaults"))
+        mode = _text_option(params, "with-defaults", _WD_MODES, BASIC_MODE)
         data = self._config_data("running", mode)
         paths = self._state_paths(params.get("filter"))
         if paths != []:
@@ -279,7 +280,7 @@ class Operations:
         """Datastore to datastore copies what clients set; RFC 6243's with-defaults parameter only shapes a
         copy to a URL, which this server has no :url for, so its value is checked and has no effect."""
         params = _params(op, {"target", "source"}, augmented=_WITH_DEFAULTS)
-        requested_mode(params.get("with-defaults"))
+        _text_option(params, "with-defaults", _WD_MODES, BASIC_MODE)
         for needed in ("target", "source"):
             if needed not in params:
                 raise missing_element(needed, f"copy-config needs a {needed}")

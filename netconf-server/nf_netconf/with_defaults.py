@@ -29,22 +29,6 @@ _LIBYANG_TAG = f"{{{WD_NS}}}default"
 TAG = f"{{{TAG_NS}}}default"
 
 
-def requested_mode(param: etree._Element | None) -> str:
-    """The mode a retrieval asked for (absent: the basic mode); an unknown one is refused, not guessed."""
-    if param is None:
-        return BASIC_MODE
-    value = (param.text or "").strip()
-    if value not in MODES:
-        raise RpcError(
-            "invalid-value",
-            f"with-defaults must be one of {', '.join(MODES)}",
-            reason=Reason.INVALID_VALUE,
-            error_type="protocol",
-            info={"bad-element": "with-defaults"},
-        )
-    return value
-
-
 def retag(roots: list[etree._Element]) -> None:
     """Moves libyang's default marks to the RFC 6243 attribute, wd:default="true"."""
     for root in roots:
