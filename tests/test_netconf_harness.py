@@ -171,6 +171,8 @@ class Rig:
         max_message_size: int = 1024 * 1024,
         users: str | None = None,
         hello_timeout: float = 60.0,
+        replay_events: int = 1000,
+        replay_max_age: float | None = None,
     ) -> None:
         self.tmp = tmp
         # Unix socket paths are limited to ~100 octets: keep them short
@@ -188,6 +190,8 @@ class Rig:
                 max_sessions=max_sessions,
                 max_message_size=max_message_size,
                 hello_timeout=hello_timeout,
+                replay_events=replay_events,
+                replay_max_age=replay_max_age,
             )
         )
         self.app.start()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,8 @@ from lxml import etree
 from ncclient.operations.rpc import RPCError
 from ncclient.xml_ import to_ele
 
-from nf_netconf.notifications import NotificationHub
-from tests.test_netconf_harness import IKE_NS, READER_PASSWORD, TWAMP_NS, WAIT, Rig, rig, users_toml
+from tests.test_netconf_bad_input import RawSession, _Closer
+from tests.test_netconf_harness import IKE_NS, NC_NS, READER_PASSWORD, TWAMP_NS, WAIT, Rig, rig, users_toml
 
 __all__ = ["rig"]
 
@@ -59,12 +60,18 @@ def _ike_event(when: datetime.datetime) -> dict[str, Any]:
     }
 
 
-def _use_hub(rig: Rig, **options: Any) -> NotificationHub:
-    """The server's hub with other replay settings (the CLI option comes later)."""
-    hub = NotificationHub(rig.app.schema, rig.app.nacm, **options)
-    rig.app.hub = hub
-    rig.app.operations.hub = hub
-    return hub
+@pytest.fixture
+def rig_with(tmp_path: Path) -> Iterator[Callable[..., Rig]]:
+    """A rig whose server has other replay settings (ServerConfig replay_events, replay_max_age)."""
+    made: list[Rig] = []
+
+    def make(**options: Any) -> Rig:
+        made.append(Rig(tmp_path, **options))
+        return made[-1]
+
+    yield make
+    for r in made:
+        r.close()
 
 
 def _publish(rig: Rig, events: list[dict[str, Any]]) -> None:
@@ -284,8 +291,9 @@ def test_bad_times_are_refused(rig: Rig, start: str | None, stop: str | None, ta
     assert rig.app.hub.subscribers() == 1
 
 
-def test_replay_turned_off_refuses_start_time(rig: Rig) -> None:
-    hub = _use_hub(rig, replay_limit=0)
+def test_replay_turned_off_refuses_start_time(rig_with: Callable[..., Rig]) -> None:
+    rig = rig_with(replay_events=0)
+    hub = rig.app.hub
     _publish(rig, [_twamp_event(1, _now() - datetime.timedelta(seconds=5))])
     assert hub.replay_log().events == 0
     m = rig.connect()
@@ -296,8 +304,9 @@ def test_replay_turned_off_refuses_start_time(rig: Rig) -> None:
     assert _labels(_take(m, 1)) == ["port:2"]
 
 
-def test_the_replay_log_keeps_the_last_events(rig: Rig) -> None:
-    hub = _use_hub(rig, replay_limit=3)
+def test_the_replay_log_keeps_the_last_events(rig_with: Callable[..., Rig]) -> None:
+    rig = rig_with(replay_events=3)
+    hub = rig.app.hub
     t0 = _now() - datetime.timedelta(seconds=60)
     events = [_twamp_event(n, t0 + datetime.timedelta(seconds=n)) for n in range(1, 6)]
     _publish(rig, events)
@@ -309,8 +318,9 @@ def test_the_replay_log_keeps_the_last_events(rig: Rig) -> None:
     assert _labels(_take(m, 4)) == ["port:3", "port:4", "port:5", "replayComplete"]
 
 
-def test_the_replay_log_drops_events_older_than_the_max_age(rig: Rig) -> None:
-    hub = _use_hub(rig, replay_max_age=600.0)
+def test_the_replay_log_drops_events_older_than_the_max_age(rig_with: Callable[..., Rig]) -> None:
+    rig = rig_with(replay_max_age=600.0)
+    hub = rig.app.hub
     now = _now()
     _publish(rig, [_twamp_event(1, now - datetime.timedelta(hours=1))])
     assert hub.replay_log() == (0, None, True)
@@ -347,3 +357,19 @@ def test_events_published_during_the_replay_arrive_once_after_it(rig: Rig) -> No
     assert ports == list(range(1, logged + live + 1))
     assert complete >= logged  # the whole log came first; live ones logged before the snapshot may join it
     assert complete < len(labels) - 1, "no event was published after the replay's snapshot"
+
+
+def test_the_reply_comes_before_the_first_replayed_notification(rig: Rig) -> None:
+    """Read on the wire (no ncclient): the <ok/> to create-subscription, then the replay, then the marker."""
+    start = _now() - datetime.timedelta(seconds=5)
+    _publish(rig, [_twamp_event(40000 + n, _now()) for n in range(3)])
+    session = RawSession(rig.app.port)
+    rig.managers.append(_Closer(session))
+    session.send(
+        f'<rpc xmlns="{NC_NS}" message-id="7"><create-subscription xmlns="{NOTIF_NS}">'
+        f"<startTime>{_fmt(start)}</startTime></create-subscription></rpc>".encode()
+    )
+    first = session.read()
+    assert first.tag == f"{{{NC_NS}}}rpc-reply" and first.find(f"{{{NC_NS}}}ok") is not None
+    labels = [_label(session.read()) for _ in range(4)]
+    assert labels == ["port:40000", "port:40001", "port:40002", "replayComplete"]

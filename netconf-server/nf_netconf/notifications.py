@@ -27,6 +27,7 @@ import datetime
 import logging
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -162,7 +163,9 @@ class NotificationHub:
 
     # subscriptions ------------------------------------------------------------------------------------------
 
-    def subscribe(self, session: Session, request: etree._Element) -> None:
+    def subscribe(self, session: Session, request: etree._Element) -> Callable[[], None]:
+        """Registers the subscription (live events queue from now on) and returns what starts delivery: the
+        caller runs it after the <ok/> reply, so no notification overtakes the reply."""
         stream = STREAM
         filter_el: etree._Element | None = None
         start: datetime.datetime | None = None
@@ -243,13 +246,17 @@ class NotificationHub:
                     sub.timer = threading.Timer((stop - now).total_seconds(), self._stop_time_reached, (sub,))
                     sub.timer.daemon = True
                     sub.timer.start()
-        if start is not None:
-            for event in replay:
-                if not self._deliver(sub, event):
+
+        def start_delivery() -> None:
+            if start is not None:
+                for event in replay:
+                    if not self._deliver(sub, event):
+                        return
+                if not self._send_marker(sub, "replayComplete"):
                     return
-            if not self._send_marker(sub, "replayComplete"):
-                return
-        self._send_queued(sub)
+            self._send_queued(sub)
+
+        return start_delivery
 
     def unsubscribe(self, session: Session) -> None:
         with self._lock:

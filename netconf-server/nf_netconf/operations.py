@@ -364,5 +364,5 @@ class Operations:
         return _ok()
 
     def create_subscription(self, session: Session, op: etree._Element) -> etree._Element:
-        self.hub.subscribe(session, op)
+        session.after_reply(self.hub.subscribe(session, op))
         return _ok()

@@ -63,6 +63,8 @@ class ServerConfig:
     max_message_size: int = DEFAULT_MAX_MESSAGE
     runtime_timeout: float = 30.0
     hello_timeout: float = 60.0
+    replay_events: int = 1000  # RFC 5277 replay log: the last this many events (0: replay off)
+    replay_max_age: float | None = None  # and none older than this, in seconds
 
 
 class NetconfApp:
@@ -76,7 +78,7 @@ class NetconfApp:
         self.schema = Schema(config.yang_dirs or default_yang_dirs(), DEFAULT_MODULES)
         self.runtime = RuntimeLink(config.runtime_socket, config.runtime_timeout)
         self.datastores = Datastores(self.schema, self.runtime, self.nacm)
-        self.hub = NotificationHub(self.schema, self.nacm)
+        self.hub = NotificationHub(self.schema, self.nacm, config.replay_events, config.replay_max_age)
         self.operations = Operations(
             self.schema, self.datastores, self.runtime, self.nacm, self.hub, self.kill
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import netconf.base
@@ -82,6 +83,7 @@ class Session(netconf.server.NetconfServerSession):  # type: ignore[misc]
         self.groups: frozenset[str] = self.app.groups_of(self.username)
         self._send_lock = threading.Lock()
         self._closed = False
+        self._after_reply: list[Callable[[], None]] = []
         sid = server._allocate_session_id()
         netconf.base.NetconfSession.__init__(self, channel, debug, sid)
         library_transport: Any = getattr(self, "pkt_stream")  # noqa: B009 (untyped base attribute)
@@ -145,6 +147,11 @@ class Session(netconf.server.NetconfServerSession):  # type: ignore[misc]
 
     def send_element(self, element: etree._Element) -> None:
         self.send_message(etree.tostring(element, encoding="unicode"))
+
+    def after_reply(self, action: Callable[[], None]) -> None:
+        """Runs `action` once the current rpc's <ok/> is sent: a subscription's first notifications (the
+        replay) must not reach the client before the reply to create-subscription."""
+        self._after_reply.append(action)
 
     def _reply(self, rpc: etree._Element | None, body: list[etree._Element] | etree._Element) -> None:
         attrib = dict(rpc.attrib) if rpc is not None else {}
@@ -228,6 +235,7 @@ class Session(netconf.server.NetconfServerSession):  # type: ignore[misc]
         if len(operations) != 1:
             self._reply_error(root, malformed("an rpc must hold exactly one operation"))
             return
+        self._after_reply.clear()
         try:
             body = self.app.dispatch(self, operations[0])
         except RpcError as error:
@@ -245,5 +253,8 @@ class Session(netconf.server.NetconfServerSession):  # type: ignore[misc]
             )
             return
         self._reply(root, body)
+        actions, self._after_reply = self._after_reply, []
+        for action in actions:
+            action()
         if etree.QName(operations[0]).localname == "close-session":
             self.close()

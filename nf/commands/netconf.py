@@ -54,6 +54,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=4 * 1024 * 1024,
         help="largest NETCONF message accepted, in octets (default 4 MiB)",
     )
+    parser.add_argument(
+        "--replay-events",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="runtime events kept for RFC 5277 replay (create-subscription startTime); 0 turns replay off "
+        "(default %(default)s)",
+    )
+    parser.add_argument(
+        "--replay-max-age",
+        type=float,
+        default=None,
+        metavar="S",
+        help="and none older than this many seconds (default: no age limit)",
+    )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     parser.add_argument(
         "--hash-password",
@@ -101,6 +116,8 @@ def run(args: argparse.Namespace) -> int:
         max_sessions=args.max_sessions,
         max_ssh_connections=args.max_ssh_connections or 0,
         max_message_size=args.max_message_size,
+        replay_events=args.replay_events,
+        replay_max_age=args.replay_max_age,
     )
     try:
         app = NetconfApp(config)
