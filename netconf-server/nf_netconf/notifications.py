@@ -13,7 +13,8 @@ No loss, no duplicates, no overtaking: subscribe snapshots the log and registers
 lock, so each event is either in the snapshot or queued for the subscription, never both. A subscription
 sends from its own queue with one sender at a time: the subscribing thread replays, then drains what
 arrived meanwhile, so the runtime's event thread never waits for a replay and no live event overtakes it.
-The replay runs inside the create-subscription request, so the replayed notifications precede its <ok/>.
+Delivery starts only once the <ok/> to create-subscription is sent (Session.after_reply): until then live
+events queue, so neither the replay nor a live event overtakes the reply.
 
 One subscription per session; <filter> is taken in the notification namespace or, as ncclient sends it, the
 base one. An event whose time is not an RFC 3339 date-time gets the time it arrived. Every send holds the
@@ -243,7 +244,8 @@ class NotificationHub:
             else:
                 self._subscribers[session.sid] = sub
                 if stop is not None:
-                    sub.timer = threading.Timer((stop - now).total_seconds(), self._stop_time_reached, (sub,))
+                    wait = min((stop - now).total_seconds(), threading.TIMEOUT_MAX)  # year 9999 is legal
+                    sub.timer = threading.Timer(wait, self._stop_time_reached, (sub,))
                     sub.timer.daemon = True
                     sub.timer.start()
 
