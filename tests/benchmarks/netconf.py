@@ -1,8 +1,9 @@
 """Benchmark: NETCONF round trips through the whole server (SSH, framing, libyang, NACM, runtime link).
 
 Starts a server on loopback over the test suite's fake runtime and prints the median and p95 of: session
-open (SSH + hello), get-config of a small and of a 200-entry key-chain configuration, and edit-config on
-running (edit, validation, JSON conversion, apply on the runtime socket). ncclient's TICK is set to 1 ms as
+open (SSH + hello), get-config of a small and of a 200-entry key-chain configuration (also in the RFC 6243
+with-defaults modes), and edit-config on running (edit, validation, JSON conversion, apply on the runtime
+socket). ncclient's TICK is set to 1 ms as
 in the tests (its default 100 ms poll would dominate). Run:
     .venv/bin/python -m tests.benchmarks.netconf [--runs N]
 """
@@ -10,11 +11,13 @@ in the tests (its default 100 ms poll would dominate). Run:
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from nf.twamp.results import percentile
 from tests.test_netconf_harness import NC_NS, SECRET_B64, SERVER_CONFIG, TWAMP_NS, Rig
@@ -27,6 +30,10 @@ def _timed(runs: int, action: Callable[[int], object]) -> list[float]:
         action(i)
         samples.append((time.perf_counter() - start) * 1000)
     return samples
+
+
+def _wd(m: Any, mode: str, _run: int) -> object:
+    return m.get_config("running", with_defaults=mode)
 
 
 def _report(name: str, samples: list[float]) -> None:
@@ -67,6 +74,10 @@ def main() -> None:
                 "</config>",
             )
             _report("get-config, 200 key-chain entries", _timed(args.runs, lambda _: m.get_config("running")))
+            for mode in ("report-all", "report-all-tagged", "trim"):  # RFC 6243: a libyang pass more
+                _report(
+                    f"get-config, 200 entries, {mode}", _timed(args.runs, functools.partial(_wd, m, mode))
+                )
             _report(
                 "edit-config running, 200 entries",
                 _timed(
