@@ -101,6 +101,10 @@ def test_netconf_configures_the_real_runtime(stack: RealStack) -> None:
     notification = m.take_notification(timeout=WAIT)
     assert notification is not None
     root = etree.fromstring(notification.notification_xml.encode())
+    while root.find("{urn:ietf:params:xml:ns:yang:ietf-netconf-notifications}*") is not None:
+        notification = m.take_notification(timeout=WAIT)  # the server's RFC 6470 config change
+        assert notification is not None
+        root = etree.fromstring(notification.notification_xml.encode())
     failed = root.find(f"{{{TWAMP_NS}}}ctrl-connection-failed")
     assert failed is not None
     assert failed.findtext(f"{{{TWAMP_NS}}}server-tcp-port") == str(port)

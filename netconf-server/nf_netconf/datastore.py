@@ -8,15 +8,22 @@ disk, so after a restart the orchestrator must push the configuration again.
 A confirmed commit (RFC 6241 section 8.4) keeps the running configuration from before it as the rollback
 point; the rollback goes through the same path (libyang, runtime `apply`), so it too leaves running equal to
 what the runtime runs, even when the runtime refuses it.
+
+Every change of running that took effect, and every step of a confirmed commit, is reported as an RFC 6470
+notification (`config_edits` names the changed nodes). They are collected while the mutex is held and
+published once it is released, so a slow subscriber never holds up a change.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import difflib
 import hmac
 import json
 import logging
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,8 +32,9 @@ from lxml import etree
 from nf_netconf.edit import Change, apply_edit, drop_default_marks, subtree_changes
 from nf_netconf.errors import Reason, RpcError
 from nf_netconf.nacm import Nacm
+from nf_netconf.notifications import Actor, config_change, confirmed_commit
 from nf_netconf.runtime_link import RuntimeLink, RuntimeRefused, RuntimeUnavailable
-from nf_netconf.schema import NC_NS, Schema
+from nf_netconf.schema import NC_NS, NodeInfo, Schema
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +42,8 @@ TARGETS = ("running", "candidate")
 TEST_OPTIONS = frozenset({"test-then-set", "set", "test-only"})
 ERROR_OPTIONS = frozenset({"stop-on-error", "continue-on-error", "rollback-on-error"})
 DEFAULT_CONFIRM_TIMEOUT = 600  # seconds, RFC 6241 section 8.4.5.1
+
+Publisher = Callable[[list[dict[str, Any]]], None]
 
 
 def empty_data() -> etree._Element:
@@ -64,18 +74,23 @@ class PendingConfirm:
     never logged nor quoted in an error."""
 
     rollback: etree._Element  # running as it was before the first confirmed commit of this series
-    session_id: int  # the session that issued the latest confirmed commit
-    token: str | None  # None: not persistent, bound to session_id
+    by: Actor  # the session that issued the latest confirmed commit
+    token: str | None  # None: not persistent, bound to the session of `by`
     timer: threading.Timer
     generation: int  # tells a timer that fired late that it is no longer the current one
 
 
 class Datastores:
-    def __init__(self, schema: Schema, runtime: RuntimeLink, nacm: Nacm) -> None:
+    def __init__(
+        self, schema: Schema, runtime: RuntimeLink, nacm: Nacm, publish: Publisher | None = None
+    ) -> None:
         self.schema = schema
         self.runtime = runtime
         self.nacm = nacm
+        self._publish = publish
         self._mutex = threading.RLock()
+        self._depth = 0  # nesting of _changing() (the mutex is reentrant)
+        self._outbox: list[dict[str, Any]] = []  # notifications of the changes made under the mutex
         self._stores = {"running": empty_data(), "candidate": empty_data()}
         self.candidate_dirty = False
         self.locks = {target: 0 for target in TARGETS}
@@ -85,6 +100,26 @@ class Datastores:
     # ----------------------------------------------------------------------------------------------------
     # reading
     # ----------------------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _changing(self) -> Iterator[None]:
+        """The mutex, and on leaving the outermost hold, the publication of what was collected meanwhile."""
+        with self._mutex:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+                events: list[dict[str, Any]] = []
+                if self._depth == 0:
+                    events, self._outbox = self._outbox, []
+        if events and self._publish is not None:
+            self._publish(events)
+
+    def _running_changed(self, old: etree._Element, by: Actor | None) -> None:
+        edits = config_edits(old, self._stores["running"], self.schema)
+        if edits:
+            self._outbox.append(config_change(by, edits))
 
     def snapshot(self, source: str) -> etree._Element:
         """A copy of a datastore, secrets included: callers must prune before replying."""
@@ -120,7 +155,7 @@ class Datastores:
 
     def edit(
         self,
-        session_id: int,
+        by: Actor,
         groups: frozenset[str],
         target: str,
         config: etree._Element,
@@ -129,8 +164,8 @@ class Datastores:
     ) -> None:
         """edit-config: every error-option behaves as rollback-on-error (nothing is applied unless
         everything is), which RFC 6241 permits for stop-on-error and is the :rollback-on-error promise."""
-        with self._mutex:
-            self._check_lock(target, session_id)
+        with self._changing():
+            self._check_lock(target, by.session_id)
             if target == "running" and test_option != "test-only":
                 self._check_running_free()
             work = copy.deepcopy(self._stores[target])
@@ -139,12 +174,12 @@ class Datastores:
             test_only = test_option == "test-only"
             if not changes and not test_only:
                 return  # nothing to change: the runtime already runs exactly this
-            self._store(target, work, test_only=test_only)
+            self._store(target, work, by, test_only=test_only)
 
-    def replace(self, session_id: int, groups: frozenset[str], target: str, source: etree._Element) -> None:
+    def replace(self, by: Actor, groups: frozenset[str], target: str, source: etree._Element) -> None:
         """copy-config: the target becomes `source` (a <data>/<config> element), through the same checks."""
-        with self._mutex:
-            self._check_lock(target, session_id)
+        with self._changing():
+            self._check_lock(target, by.session_id)
             if target == "running":
                 self._check_running_free()
             new_roots = [copy.deepcopy(el) for el in source if isinstance(el.tag, str)]
@@ -155,7 +190,7 @@ class Datastores:
             changes = subtree_changes(list(self._stores[target]), self.schema, "delete")
             changes += subtree_changes(new_roots, self.schema, "create")
             self._authorize(groups, changes)
-            self._store(target, _wrap(new_roots))
+            self._store(target, _wrap(new_roots), by)
 
     def _authorize(self, groups: frozenset[str], changes: list[Change]) -> None:
         denied = self.nacm.first_denied_write(groups, changes)
@@ -167,13 +202,15 @@ class Datastores:
                 path=denied.instance,
             )
 
-    def _store(self, target: str, work: etree._Element, test_only: bool = False) -> None:
-        """running only as the runtime accepts it (a clean candidate follows); candidate once YANG-valid."""
+    def _store(self, target: str, work: etree._Element, by: Actor, test_only: bool = False) -> None:
+        """running only as the runtime accepts it (a clean candidate follows); candidate once YANG-valid.
+        Only running's changes are notified: RFC 6470's datastore leaf has no candidate."""
         if target == "running":
             new = self._apply_running(work, test_only=test_only)
             if test_only:
                 return
-            self._stores["running"] = new
+            old, self._stores["running"] = self._stores["running"], new
+            self._running_changed(old, by)
             if not self.candidate_dirty:
                 self._stores["candidate"] = copy.deepcopy(new)
         else:
@@ -185,7 +222,7 @@ class Datastores:
 
     def commit(
         self,
-        session_id: int,
+        by: Actor,
         *,
         confirmed: bool = False,
         timeout: float = DEFAULT_CONFIRM_TIMEOUT,
@@ -195,7 +232,8 @@ class Datastores:
         """commit, and RFC 6241 section 8.4: `confirmed` starts (or, while one is pending, extends) a
         confirmed commit that rolls back after `timeout` seconds; a commit without it confirms the pending
         one. A refusal (locks, the runtime) leaves a pending confirmed commit and its timer as they were."""
-        with self._mutex:
+        session_id = by.session_id
+        with self._changing():
             self._check_lock("running", session_id)
             self._check_lock("candidate", session_id)
             pending = self._pending
@@ -209,12 +247,14 @@ class Datastores:
                 )
             rollback = pending.rollback if pending is not None else copy.deepcopy(self._stores["running"])
             new = self._apply_running(copy.deepcopy(self._stores["candidate"]), test_only=False)
-            self._stores["running"] = new
+            old, self._stores["running"] = self._stores["running"], new
             self._stores["candidate"] = copy.deepcopy(new)
             self.candidate_dirty = False
+            self._running_changed(old, by)
             if confirmed:
                 token = persist if persist is not None else (pending.token if pending is not None else None)
-                self._start_pending(rollback, session_id, token, timeout)
+                self._start_pending(rollback, by, token, timeout)
+                self._outbox.append(confirmed_commit("extend" if pending else "start", by, timeout))
                 log.info(
                     "confirmed commit %s by session %d: rolls back in %g s unless confirmed (%s)",
                     "extended" if pending is not None else "started",
@@ -224,12 +264,14 @@ class Datastores:
                 )
             elif pending is not None:
                 self._end_pending()
+                self._outbox.append(confirmed_commit("complete", by))
                 log.info("confirmed commit confirmed by session %d", session_id)
 
-    def cancel_commit(self, session_id: int, persist_id: str | None) -> None:
+    def cancel_commit(self, by: Actor, persist_id: str | None) -> None:
         """<cancel-commit>: roll back the pending confirmed commit now; a runtime refusal is the client's
         error and leaves the confirmed commit pending (its timer tries again)."""
-        with self._mutex:
+        session_id = by.session_id
+        with self._changing():
             pending = self._pending
             if pending is None:
                 raise _confirm_error(
@@ -238,7 +280,8 @@ class Datastores:
             self._check_may_confirm(pending, session_id, persist_id)
             self._check_lock("running", session_id)
             self._check_lock("candidate", session_id)
-            self._rollback(pending)
+            self._rollback(pending, by)
+            self._outbox.append(confirmed_commit("cancel", by))
             log.info(
                 "confirmed commit cancelled by session %d; the previous configuration is back", session_id
             )
@@ -271,12 +314,12 @@ class Datastores:
                 "persist-id does not match: the pending confirmed commit is not persistent",
                 error_type="application",
             )
-        if session_id != pending.session_id:
+        if session_id != pending.by.session_id:
             raise _confirm_error(
                 "in-use",
-                f"a confirmed commit of session {pending.session_id} is pending; only that session can "
+                f"a confirmed commit of session {pending.by.session_id} is pending; only that session can "
                 "confirm or cancel it",
-                **{"session-id": str(pending.session_id)},
+                **{"session-id": str(pending.by.session_id)},
             )
 
     def _check_running_free(self) -> None:
@@ -285,7 +328,7 @@ class Datastores:
         pending = self._pending
         if pending is None:
             return
-        info = {} if pending.token is not None else {"session-id": str(pending.session_id)}
+        info = {} if pending.token is not None else {"session-id": str(pending.by.session_id)}
         raise _confirm_error(
             "in-use",
             "a confirmed commit is pending: running can be changed only by confirming it (commit) or "
@@ -293,16 +336,14 @@ class Datastores:
             **info,
         )
 
-    def _start_pending(
-        self, rollback: etree._Element, session_id: int, token: str | None, timeout: float
-    ) -> None:
+    def _start_pending(self, rollback: etree._Element, by: Actor, token: str | None, timeout: float) -> None:
         if self._pending is not None:
             self._pending.timer.cancel()
         self._generation += 1
         timer = threading.Timer(timeout, self._expire, args=(self._generation,))
         timer.daemon = True
         timer.name = "confirmed-commit-timer"
-        self._pending = PendingConfirm(rollback, session_id, token, timer, self._generation)
+        self._pending = PendingConfirm(rollback, by, token, timer, self._generation)
         timer.start()
 
     def _end_pending(self) -> None:
@@ -310,27 +351,31 @@ class Datastores:
             self._pending.timer.cancel()
             self._pending = None
 
-    def _rollback(self, pending: PendingConfirm) -> None:
+    def _rollback(self, pending: PendingConfirm, by: Actor | None) -> None:
         """Give the runtime the configuration before the confirmed commit; only if it takes it do running and
-        the candidate return to it (candidate changes made meanwhile were built on what is undone)."""
+        the candidate return to it (candidate changes made meanwhile were built on what is undone). `by`
+        None: the server's own act (timeout, session end, shutdown)."""
         new = self._apply_running(copy.deepcopy(pending.rollback), test_only=False)
         self._end_pending()
-        self._stores["running"] = new
+        old, self._stores["running"] = self._stores["running"], new
+        self._running_changed(old, by)
         if self.candidate_dirty:
             log.warning("the rollback of the confirmed commit discards the uncommitted candidate changes")
         self._discard()
 
-    def _rollback_or_keep(self, why: str) -> None:
+    def _rollback_or_keep(self, why: str, event: str) -> None:
         """A rollback nobody asked for over the wire (timeout, session end, shutdown): a refusal cannot go to
-        a client, so it is logged, and running stays the configuration the runtime kept."""
+        a client, so it is logged, and running stays the configuration the runtime kept. Either way the
+        confirmed commit ends, which `event` (timeout, cancel) reports."""
         pending = self._pending
         if pending is None:
             return
         log.info("confirmed commit not confirmed (%s): rolling back to the previous configuration", why)
         try:
-            self._rollback(pending)
+            self._rollback(pending, None)
         except Exception as exc:  # on a timer thread nothing else would see it; an RpcError's text is safe
             self._end_pending()
+            self._outbox.append(confirmed_commit(event, pending.by))
             log.error(
                 "ROLLBACK FAILED: the runtime did not take back the configuration from before the confirmed "
                 "commit (%s: %s); running keeps the unconfirmed configuration, which the runtime still runs",
@@ -338,20 +383,21 @@ class Datastores:
                 exc if isinstance(exc, RpcError) else f"internal error ({type(exc).__name__})",
             )
             return
+        self._outbox.append(confirmed_commit(event, pending.by))
         log.info("confirmed commit rolled back (%s)", why)
 
     def _expire(self, generation: int) -> None:
-        with self._mutex:
+        with self._changing():
             pending = self._pending
             if pending is None or pending.generation != generation:
                 return  # confirmed, extended or cancelled while this timer was firing
-            self._rollback_or_keep("the confirm timeout expired")
+            self._rollback_or_keep("the confirm timeout expired", "timeout")
 
     def shutdown(self) -> None:
         """The server stops: no one could confirm a pending confirmed commit afterwards and nothing is kept
         on disk, so it is rolled back now, as RFC 6241 asks of a device that restarts."""
-        with self._mutex:
-            self._rollback_or_keep("the NETCONF server is stopping")
+        with self._changing():
+            self._rollback_or_keep("the NETCONF server is stopping", "cancel")
             self._end_pending()
 
     def discard_changes(self, session_id: int) -> None:
@@ -417,12 +463,118 @@ class Datastores:
     def session_closed(self, session_id: int) -> None:
         """Release the session's locks; a candidate locked by a session that ends is discarded; a confirmed
         commit of that session that is not persistent is rolled back (RFC 6241 section 8.4.1)."""
-        with self._mutex:
+        with self._changing():
             for target in TARGETS:
                 if self.locks[target] == session_id:
                     self.locks[target] = 0
                     if target == "candidate":
                         self._discard()
             pending = self._pending
-            if pending is not None and pending.token is None and pending.session_id == session_id:
-                self._rollback_or_keep(f"session {session_id} ended before confirming it")
+            if pending is not None and pending.token is None and pending.by.session_id == session_id:
+                self._rollback_or_keep(f"session {session_id} ended before confirming it", "cancel")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# RFC 6470 edit records: what changed between two versions of running
+# ----------------------------------------------------------------------------------------------------------
+
+
+def config_edits(old: etree._Element, new: etree._Element, schema: Schema) -> list[tuple[str | None, str]]:
+    """(instance-identifier, operation) for each node that differs, the highest one that does: a new node
+    is `create` (its subtree is not listed), a gone one `delete`, a leaf or anydata with another value
+    `replace`, and so is an entry of an ordered-by user list that moved. Paths only, never a value: a
+    predicate would name a secret only for a secret key or leaf-list, and such a target is left out, as is
+    one no RFC 7951 path can spell (a key holding both quote characters); RFC 6470 allows both."""
+    edits: list[tuple[str | None, str]] = []
+    _diff(list(old), list(new), None, "", schema, edits)
+    return edits
+
+
+_Identity = tuple[str, tuple[str, ...]]
+
+
+def _identity(el: etree._Element, info: NodeInfo | None) -> _Identity:
+    if info is not None and info.kind == "list":
+        return str(el.tag), tuple((el.findtext(key) or "").strip() for key in info.keys)
+    if info is not None and info.kind == "leaf-list":
+        return str(el.tag), ((el.text or "").strip(),)
+    return str(el.tag), ()
+
+
+def _step(el: etree._Element, info: NodeInfo, parent: NodeInfo | None) -> str | None:
+    step = info.name if parent is not None and parent.module == info.module else f"{info.module}:{info.name}"
+    values: list[tuple[str, str]] = []
+    if (info.kind == "leaf-list" and info.secret) or any(
+        info.children[key].secret for key in info.keys if key in info.children
+    ):
+        return None  # a value in a predicate would carry the secret (no module has such a node today)
+    if info.kind == "list":
+        values = [(key.rpartition("}")[2], (el.findtext(key) or "").strip()) for key in info.keys]
+    elif info.kind == "leaf-list":
+        values = [(".", (el.text or "").strip())]
+    for name, value in values:
+        if "'" not in value:
+            step += f"[{name}='{value}']"
+        elif '"' not in value:
+            step += f'[{name}="{value}"]'
+        else:
+            return None
+    return step
+
+
+def _diff(
+    old: list[etree._Element],
+    new: list[etree._Element],
+    parent: NodeInfo | None,
+    parent_inst: str | None,
+    schema: Schema,
+    edits: list[tuple[str | None, str]],
+) -> None:
+    def index(elements: list[etree._Element]) -> dict[_Identity, tuple[etree._Element, NodeInfo | None]]:
+        found: dict[_Identity, tuple[etree._Element, NodeInfo | None]] = {}
+        for el in elements:
+            if not isinstance(el.tag, str):
+                continue
+            info = schema.lookup(parent, el.tag)
+            if parent is not None and parent.kind == "list" and el.tag in parent.keys:
+                continue  # a key is the entry's identity: it never changes on its own
+            found[_identity(el, info)] = (el, info)
+        return found
+
+    def inst(el: etree._Element, info: NodeInfo | None) -> str | None:
+        if parent_inst is None or info is None:
+            return None
+        step = _step(el, info, parent)
+        return None if step is None else f"{parent_inst}/{step}"
+
+    before, after = index(old), index(new)
+    for identity, (el, info) in before.items():
+        if identity not in after:
+            edits.append((inst(el, info), "delete"))
+    for identity, (el, info) in after.items():
+        if identity not in before:
+            edits.append((inst(el, info), "create"))
+            continue
+        was = before[identity][0]
+        if info is None or info.kind in ("leaf", "anydata"):
+            if _canonical(was) != _canonical(el):
+                edits.append((inst(el, info), "replace"))
+        elif info.kind in ("container", "list"):
+            _diff(list(was), list(el), info, inst(el, info), schema, edits)
+    # an ordered-by user list or leaf-list: entries kept in both whose order changed are reported as moved
+    for tag in {identity[0] for identity in after}:
+        info = after[next(i for i in after if i[0] == tag)][1]
+        if info is None or not info.user_ordered:
+            continue
+        kept_before = [i for i in before if i[0] == tag and i in after]
+        kept_after = [i for i in after if i[0] == tag and i in before]
+        matcher = difflib.SequenceMatcher(None, kept_before, kept_after, autojunk=False)
+        stayed = {j for block in matcher.get_matching_blocks() for j in range(block.b, block.b + block.size)}
+        for position, identity in enumerate(kept_after):
+            if position not in stayed:
+                el, entry_info = after[identity]
+                edits.append((inst(el, entry_info), "replace"))
+
+
+def _canonical(el: etree._Element) -> bytes:
+    return bytes(etree.tostring(el, method="c14n"))

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+BASE_MODULE = "ietf-netconf-notifications"  # RFC 6470: the server's own events
 NOTIF_NS = "urn:ietf:params:xml:ns:netconf:notification:1.0"
 NC_NOTIF_NS = "urn:ietf:params:xml:ns:netmod:notification"  # replayComplete, notificationComplete
 STREAM = "NETCONF"
@@ -69,6 +70,59 @@ def _now() -> datetime.datetime:
 
 def _format(moment: datetime.datetime) -> str:
     return moment.isoformat().replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who did something, as RFC 6470's common-session-parms report it (`source_host` None: not an IP)."""
+
+    username: str
+    session_id: int
+    source_host: str | None = None
+
+    def parms(self) -> dict[str, Any]:
+        parms: dict[str, Any] = {"username": self.username, "session-id": self.session_id}
+        if self.source_host is not None:
+            parms["source-host"] = self.source_host
+        return parms
+
+
+def _base_event(name: str, data: dict[str, Any]) -> dict[str, Any]:
+    return {"event": f"{BASE_MODULE}:{name}", "data": data}
+
+
+def session_start(actor: Actor) -> dict[str, Any]:
+    return _base_event("netconf-session-start", actor.parms())
+
+
+def session_end(actor: Actor, reason: str, killed_by: int | None = None) -> dict[str, Any]:
+    data = actor.parms()
+    data["termination-reason"] = reason
+    if reason == "killed" and killed_by is not None:
+        data["killed-by"] = killed_by
+    return _base_event("netconf-session-end", data)
+
+
+def config_change(by: Actor | None, edits: list[tuple[str | None, str]]) -> dict[str, Any]:
+    """`by` None: the server itself (a confirmed commit's rollback). Each edit is (instance-identifier or
+    None when no path can name the node, operation): paths only, so no value (no secret) is ever carried."""
+    changed_by: dict[str, Any] = {"server": [None]} if by is None else by.parms()
+    entries = [
+        {"operation": op} if target is None else {"target": target, "operation": op} for target, op in edits
+    ]
+    return _base_event(
+        "netconf-config-change", {"changed-by": changed_by, "datastore": "running", "edit": entries}
+    )
+
+
+def confirmed_commit(event: str, by: Actor | None, timeout: float | None = None) -> dict[str, Any]:
+    """start, extend (with the timeout in seconds), complete, cancel; timeout carries no session."""
+    data: dict[str, Any] = {"confirm-event": event}
+    if by is not None and event != "timeout":
+        data.update(by.parms())
+    if timeout is not None and event in ("start", "extend"):
+        data["timeout"] = min(int(timeout), 2**32 - 1)
+    return _base_event("netconf-confirmed-commit", data)
 
 
 @dataclass(frozen=True)
@@ -316,6 +370,15 @@ class NotificationHub:
         for sub in targets:
             if sub.claim():
                 self._send_queued(sub)
+
+    def publish_server_events(self, events: list[dict[str, Any]]) -> None:
+        """The server's own RFC 6470 events: one libyang refuses is a bug here, logged, never the caller's
+        error (the change it reports has already taken effect)."""
+        for event in events:
+            try:
+                self.publish(event)
+            except ValueError as exc:
+                log.error("base notification %s not sent: %s", event.get("event"), exc)
 
     def _send_queued(self, sub: _Subscription) -> None:
         """Send the queue in order; the caller has claimed the sending role, which this gives back once the

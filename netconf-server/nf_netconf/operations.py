@@ -125,7 +125,7 @@ class Operations:
         runtime: RuntimeLink,
         nacm: Nacm,
         hub: NotificationHub,
-        kill: Callable[[int], bool],
+        kill: Callable[[int, int], bool],
     ) -> None:
         self.schema = schema
         self.datastores = datastores
@@ -266,7 +266,7 @@ class Operations:
         default_op = _text_option(params, "default-operation", DEFAULT_OPERATIONS, "merge")
         test_option = _text_option(params, "test-option", TEST_OPTIONS, "test-then-set")
         _text_option(params, "error-option", ERROR_OPTIONS, "stop-on-error")
-        self.datastores.edit(session.sid, session.groups, target, params["config"], default_op, test_option)
+        self.datastores.edit(session.actor, session.groups, target, params["config"], default_op, test_option)
         return _ok()
 
     def _source_data(self, param: etree._Element) -> etree._Element:
@@ -286,7 +286,7 @@ class Operations:
                 raise missing_element(needed, f"copy-config needs a {needed}")
         target = _datastore_name(params["target"], TARGETS)
         source = self._source_data(params["source"])
-        self.datastores.replace(session.sid, session.groups, target, source)
+        self.datastores.replace(session.actor, session.groups, target, source)
         return _ok()
 
     def commit(self, session: Session, op: etree._Element) -> etree._Element:
@@ -301,7 +301,7 @@ class Operations:
         persist = params.get("persist")
         persist_id = params.get("persist-id")
         self.datastores.commit(
-            session.sid,
+            session.actor,
             confirmed=confirmed,
             timeout=_confirm_timeout(params.get("confirm-timeout")),
             persist=None if persist is None else _leaf_text(persist),
@@ -312,7 +312,7 @@ class Operations:
     def cancel_commit(self, session: Session, op: etree._Element) -> etree._Element:
         params = _params(op, {"persist-id"})
         persist_id = params.get("persist-id")
-        self.datastores.cancel_commit(session.sid, None if persist_id is None else _leaf_text(persist_id))
+        self.datastores.cancel_commit(session.actor, None if persist_id is None else _leaf_text(persist_id))
         return _ok()
 
     def discard_changes(self, session: Session, op: etree._Element) -> etree._Element:
@@ -359,7 +359,7 @@ class Operations:
         victim = int(text)
         if victim == session.sid:
             raise invalid_value("a session cannot kill itself; use close-session")
-        if not self.kill(victim):
+        if not self.kill(victim, session.sid):
             raise invalid_value(f"no session {victim}")
         return _ok()
 

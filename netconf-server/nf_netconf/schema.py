@@ -28,9 +28,9 @@ from nf_netconf.with_defaults import WD_MODULE, retag
 NACM_MODULE = "ietf-netconf-acm"
 NC_NS = "urn:ietf:params:xml:ns:netconf:base:1.0"
 DEFAULT_MODULES = ("twamp-nf-twamp", "twamp-nf-ike", "twamp-nf-ike-binding")
-# Modules of the NETCONF server itself (RFC 6022 state, RFC 6243 default marks): in the context for their
-# data and annotations, not the runtime's.
-SERVER_MODULES = ("ietf-netconf-monitoring", WD_MODULE)
+# Modules of the NETCONF server itself (RFC 6022 state, RFC 6243 default marks, RFC 6470 notifications): in
+# the context for their data, annotations and notifications, not the runtime's.
+SERVER_MODULES = ("ietf-netconf-monitoring", WD_MODULE, "ietf-netconf-notifications")
 
 _LOCATION = re.compile(r'(?:Data|Schema) location "([^"]*)"')
 _SECRET_MESSAGE = "invalid value for a secret leaf (the value is not shown)"

@@ -15,7 +15,7 @@ from lxml import etree
 from nf.net.rate_limited_log import RateLimitedLog
 from nf_netconf.datastore import Datastores
 from nf_netconf.errors import Counters, Reason
-from nf_netconf.notifications import NotificationHub
+from nf_netconf.notifications import NotificationHub, session_end, session_start
 from nf_netconf.operations import Operations
 from nf_netconf.runtime_link import EventStream, RuntimeLink
 from nf_netconf.schema import DEFAULT_MODULES, Schema
@@ -77,8 +77,8 @@ class NetconfApp:
         self.bad_input_log = RateLimitedLog(log)
         self.schema = Schema(config.yang_dirs or default_yang_dirs(), DEFAULT_MODULES)
         self.runtime = RuntimeLink(config.runtime_socket, config.runtime_timeout)
-        self.datastores = Datastores(self.schema, self.runtime, self.nacm)
         self.hub = NotificationHub(self.schema, self.nacm, config.replay_events, config.replay_max_age)
+        self.datastores = Datastores(self.schema, self.runtime, self.nacm, self.hub.publish_server_events)
         self.operations = Operations(
             self.schema, self.datastores, self.runtime, self.nacm, self.hub, self.kill
         )
@@ -120,7 +120,7 @@ class NetconfApp:
         with self._sessions_lock:
             sessions = list(self._sessions.values())
         for session in sessions:
-            session.close()
+            session.close("other")
         self.datastores.shutdown()  # a pending confirmed commit is rolled back while the runtime link is up
         self.events.stop()
         self.runtime.close()
@@ -140,22 +140,28 @@ class NetconfApp:
             self._sessions[session.sid] = session
             return True
 
-    def unregister(self, session: Session) -> None:
+    def session_started(self, session: Session) -> None:
+        self.hub.publish_server_events([session_start(session.actor)])
+
+    def unregister(self, session: Session, reason: str, killed_by: int | None = None) -> None:
+        """The session's end (RFC 6470 termination-reason) is notified to the others before a confirmed
+        commit bound to it is rolled back."""
         with self._sessions_lock:
             self._sessions.pop(session.sid, None)
         self.hub.unsubscribe(session)
+        self.hub.publish_server_events([session_end(session.actor, reason, killed_by)])
         self.datastores.session_closed(session.sid)
 
     def session_count(self) -> int:
         with self._sessions_lock:
             return len(self._sessions)
 
-    def kill(self, sid: int) -> bool:
+    def kill(self, sid: int, killed_by: int) -> bool:
         with self._sessions_lock:
             session = self._sessions.get(sid)
         if session is None:
             return False
-        session.close()
+        session.close("killed", killed_by)
         return True
 
     def dispatch(self, session: Session, op: etree._Element) -> etree._Element:

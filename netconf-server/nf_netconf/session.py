@@ -21,6 +21,7 @@ from netconf import MAXSSHBUF
 
 from nf_netconf.errors import NC_NS, Reason, RpcError, malformed
 from nf_netconf.framing import FrameDecoder, FramingError, Message, Oversized
+from nf_netconf.notifications import Actor
 from nf_netconf.schema import safe_parser
 
 if TYPE_CHECKING:
@@ -80,6 +81,7 @@ class Session(netconf.server.NetconfServerSession):  # type: ignore[misc]
         self.username: str = transport.get_username() or ""
         peer = transport.getpeername()
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.source_host: str | None = str(peer[0]) if isinstance(peer, tuple) else None
         self.groups: frozenset[str] = self.app.groups_of(self.username)
         self._send_lock = threading.Lock()
         self._closed = False
@@ -103,7 +105,7 @@ class Session(netconf.server.NetconfServerSession):  # type: ignore[misc]
             self._open_session(True)
         except Exception as exc:
             log.info("session %d: hello exchange failed (%s)", sid, type(exc).__name__)
-            self.close()
+            self.close("timeout" if isinstance(exc, TimeoutError) else "bad-hello")
             raise
         self.pkt_stream.in_hello = False
         channel.settimeout(None)
@@ -115,14 +117,19 @@ class Session(netconf.server.NetconfServerSession):  # type: ignore[misc]
     def __str__(self) -> str:
         return f"Session({self.sid}, {self.username!r})"
 
-    def close(self) -> None:
+    @property
+    def actor(self) -> Actor:
+        return Actor(self.username, self.sid, self.source_host)
+
+    def close(self, reason: str = "dropped", killed_by: int | None = None) -> None:
+        """Ends the session; `reason` is RFC 6470's termination-reason, the first caller's counts."""
         first = False
         with self._send_lock:
             if not self._closed:
                 self._closed = True
                 first = True
         if first:
-            self.app.unregister(self)
+            self.app.unregister(self, reason, killed_by)
             log.info("session %d closed", self.sid)
         with contextlib.suppress(EOFError):
             netconf.base.NetconfSession.close(self)
@@ -177,6 +184,10 @@ class Session(netconf.server.NetconfServerSession):  # type: ignore[misc]
     # ----------------------------------------------------------------------------------------------------
 
     def _read_message_thread(self) -> None:
+        reason = "dropped"  # the client went away without close-session
+        # started here, on the thread that also ends it, so no one sees this session end before it starts
+        if not self._closed:
+            self.app.session_started(self)
         try:
             while not self._closed:
                 try:
@@ -186,6 +197,7 @@ class Session(netconf.server.NetconfServerSession):  # type: ignore[misc]
                     self.app.bad_input_log.warning(
                         Reason.FRAMING_ERROR.value, "session %d: %s; closing", self.sid, exc
                     )
+                    reason = "other"
                     break
                 if isinstance(event, Oversized):
                     self._reply_error(
@@ -203,7 +215,7 @@ class Session(netconf.server.NetconfServerSession):  # type: ignore[misc]
         except (_ChannelClosed, EOFError, OSError, AttributeError):
             pass  # the client went away (AttributeError: the library cleared the stream under us)
         finally:
-            self.close()
+            self.close(reason)
 
     def _handle(self, data: bytes) -> None:
         try:
@@ -257,4 +269,4 @@ class Session(netconf.server.NetconfServerSession):  # type: ignore[misc]
         for action in actions:
             action()
         if etree.QName(operations[0]).localname == "close-session":
-            self.close()
+            self.close("closed")
