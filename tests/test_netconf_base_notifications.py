@@ -31,9 +31,7 @@ from tests.test_netconf_harness import (
     rig,
     users_toml,
 )
-from tests.test_netconf_ordering import PSK_B64
-from tests.test_netconf_ordering import _edit as ordering_edit
-from tests.test_netconf_ordering import _proposal as proposal
+from tests.test_netconf_ordering import PSK_B64, ordering_edit, peer_config, proposal
 
 __all__ = ["rig"]
 
@@ -208,15 +206,7 @@ def test_a_moved_entry_of_an_ordered_by_user_list_is_replaced(rig: Rig) -> None:
     _subscribe(rig, watcher)
     m = rig.connect()
     _base(watcher, "netconf-session-start")
-    m.edit_config(
-        target="running",
-        config=f"""<config xmlns="{NC_NS}"><ike xmlns="{IKE_NS}">
-        <local-identity><name>me</name><id-type>fqdn</id-type><id-value>me.example</id-value>
-        <psk>{PSK_B64}</psk></local-identity>
-        <peer><name>gw</name><local-identity>me</local-identity><address>192.0.2.1</address>
-        <remote-identity><id-type>fqdn</id-type><id-value>gw.example</id-value></remote-identity>
-        {proposal("a")}{proposal("b")}{proposal("c")}</peer></ike></config>""",
-    )
+    m.edit_config(target="running", config=peer_config("a", "b", "c"))
     change = _base(watcher, "netconf-config-change")
     assert _edits(change) == [("/twamp-nf-ike:ike", "create")]
     assert PSK_B64 not in etree.tostring(change).decode()

@@ -17,12 +17,12 @@ YANG_NS = "urn:ietf:params:xml:ns:yang:1"
 PSK_B64 = "ZXhhbXBsZS1wc2stbm90LWZvci11c2UtMDAwMQ=="
 
 
-def _proposal(name: str, attributes: str = "", dh: str = "ecp-256") -> str:
+def proposal(name: str, attributes: str = "", dh: str = "ecp-256") -> str:
     return f"""<proposal {attributes}><name>{name}</name><encryption>aes-gcm-16-256</encryption>
         <prf>hmac-sha2-384</prf><dh-group>{dh}</dh-group></proposal>"""
 
 
-def _edit(m: Any, proposals: str, peer: str = "gw") -> None:
+def ordering_edit(m: Any, proposals: str, peer: str = "gw") -> None:
     m.edit_config(
         target="running",
         config=f"""<config xmlns="{NC_NS}" xmlns:nc="{NC_NS}" xmlns:yang="{YANG_NS}" xmlns:ike="{IKE_NS}">
@@ -41,53 +41,55 @@ def _order(rig: Rig, m: Any) -> list[str]:
     return names
 
 
-@pytest.fixture
-def configured(rig: Rig) -> Any:
-    m = rig.connect()
-    m.edit_config(
-        target="running",
-        config=f"""<config xmlns="{NC_NS}"><ike xmlns="{IKE_NS}">
+def peer_config(*names: str) -> str:
+    """An IKE configuration with a PSK identity and peer "gw" offering the named proposals in order."""
+    return f"""<config xmlns="{NC_NS}"><ike xmlns="{IKE_NS}">
         <local-identity><name>me</name><id-type>fqdn</id-type><id-value>me.example</id-value>
         <psk>{PSK_B64}</psk></local-identity>
         <peer><name>gw</name><local-identity>me</local-identity><address>192.0.2.1</address>
         <remote-identity><id-type>fqdn</id-type><id-value>gw.example</id-value></remote-identity>
-        {_proposal("a")}{_proposal("b")}</peer></ike></config>""",
-    )
+        {"".join(proposal(name) for name in names)}</peer></ike></config>"""
+
+
+@pytest.fixture
+def configured(rig: Rig) -> Any:
+    m = rig.connect()
+    m.edit_config(target="running", config=peer_config("a", "b"))
     return m
 
 
 def test_new_entries_go_last_unless_placed(rig: Rig, configured: Any) -> None:
     m = configured
     assert _order(rig, m) == ["a", "b"]
-    _edit(m, _proposal("c"))
+    ordering_edit(m, proposal("c"))
     assert _order(rig, m) == ["a", "b", "c"]
-    _edit(m, _proposal("d", 'yang:insert="first"'))
+    ordering_edit(m, proposal("d", 'yang:insert="first"'))
     assert _order(rig, m) == ["d", "a", "b", "c"]
-    _edit(m, _proposal("e", 'yang:insert="after" yang:key="[name=\'a\']"'))
+    ordering_edit(m, proposal("e", 'yang:insert="after" yang:key="[name=\'a\']"'))
     assert _order(rig, m) == ["d", "a", "e", "b", "c"]
-    _edit(m, _proposal("f", 'yang:insert="before" yang:key="[ike:name=\'c\']"'))  # a prefixed key
+    ordering_edit(m, proposal("f", 'yang:insert="before" yang:key="[ike:name=\'c\']"'))  # a prefixed key
     assert _order(rig, m) == ["d", "a", "e", "b", "f", "c"]
-    _edit(m, _proposal("g", 'nc:operation="create" yang:insert="last"'))
+    ordering_edit(m, proposal("g", 'nc:operation="create" yang:insert="last"'))
     assert _order(rig, m) == ["d", "a", "e", "b", "f", "c", "g"]
 
 
 def test_existing_entries_move_and_a_replace_keeps_its_place(rig: Rig, configured: Any) -> None:
     m = configured
-    _edit(m, _proposal("c"))
-    _edit(
+    ordering_edit(m, proposal("c"))
+    ordering_edit(
         m, '<proposal yang:insert="before" yang:key="[name=\'a\']"><name>c</name></proposal>'
     )  # merge: move
     assert _order(rig, m) == ["c", "a", "b"]
-    _edit(m, '<proposal yang:insert="last"><name>c</name></proposal>')
+    ordering_edit(m, '<proposal yang:insert="last"><name>c</name></proposal>')
     assert _order(rig, m) == ["a", "b", "c"]
-    _edit(m, _proposal("b", 'nc:operation="replace"', dh="ecp-384"))  # replaced where it stood
+    ordering_edit(m, proposal("b", 'nc:operation="replace"', dh="ecp-384"))  # replaced where it stood
     assert _order(rig, m) == ["a", "b", "c"]
     applied = rig.runtime.applied[-1]["twamp-nf-ike:ike"]["peer"][0]["proposal"]
     assert applied[1]["dh-group"] == "ecp-384"
-    _edit(m, _proposal("a", 'nc:operation="replace" yang:insert="after" yang:key="[name=\'c\']"'))
+    ordering_edit(m, proposal("a", 'nc:operation="replace" yang:insert="after" yang:key="[name=\'c\']"'))
     assert _order(rig, m) == ["b", "c", "a"]
     before = len(rig.runtime.applied)
-    _edit(m, '<proposal yang:insert="after" yang:key="[name=\'c\']"><name>a</name></proposal>')
+    ordering_edit(m, '<proposal yang:insert="after" yang:key="[name=\'c\']"><name>a</name></proposal>')
     assert len(rig.runtime.applied) == before  # already there: no change, nothing applied
 
 
@@ -106,7 +108,7 @@ def test_a_bad_insert_is_refused_and_changes_nothing(
 ) -> None:
     m = configured
     with pytest.raises(RPCError) as err:
-        _edit(m, _proposal("c", attributes))
+        ordering_edit(m, proposal("c", attributes))
     assert err.value.tag == tag and err.value.app_tag == app_tag and words in str(err.value)
     assert _order(rig, m) == ["a", "b"]
 
