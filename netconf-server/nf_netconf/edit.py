@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from lxml import etree
 
-from nf_netconf.errors import Reason, RpcError, invalid_value, unknown_element
+from nf_netconf.errors import Reason, RpcError, bad_attribute, invalid_value, unknown_element
 from nf_netconf.ordering import Place, place, requested_place, strip
 from nf_netconf.schema import NodeInfo, Schema
 from nf_netconf.with_defaults import TAG, asks_for_default, same_value
@@ -68,13 +68,7 @@ class _Editor:
                 continue  # a key identifies its entry; it cannot be edited on its own
             own = element.get(OPERATION)
             if own is not None and own not in OPERATIONS:
-                raise RpcError(
-                    "bad-attribute",
-                    f"unknown operation {own!r}",
-                    reason=Reason.INVALID_VALUE,
-                    error_type="rpc",
-                    info={"bad-attribute": "operation", "bad-element": info.name},
-                )
+                raise bad_attribute("operation", info.name, f"unknown operation {own!r}", error_type="rpc")
             inst = parent_inst + "/" + self._step(parent, info, element)
             if not info.config:
                 raise invalid_value(f"{info.path} is state data (config false) and cannot be edited", inst)

@@ -138,5 +138,24 @@ def bad_element(element: str, message: str) -> RpcError:
     )
 
 
+def bad_attribute(
+    attribute: str,
+    element: str,
+    message: str,
+    *,
+    reason: Reason = Reason.INVALID_VALUE,
+    error_type: str = "application",
+    app_tag: str | None = None,
+) -> RpcError:
+    return RpcError(
+        "bad-attribute",
+        message,
+        reason=reason,
+        error_type=error_type,
+        app_tag=app_tag,
+        info={"bad-attribute": attribute, "bad-element": element},
+    )
+
+
 def invalid_value(message: str, path: str | None = None) -> RpcError:
     return RpcError("invalid-value", message, reason=Reason.INVALID_VALUE, path=path)

@@ -11,7 +11,7 @@ import copy
 
 from lxml import etree
 
-from nf_netconf.errors import Reason, RpcError, bad_element, invalid_value
+from nf_netconf.errors import Reason, RpcError, bad_attribute, bad_element, invalid_value
 from nf_netconf.schema import NodeInfo, Schema
 
 NC_NS = "urn:ietf:params:xml:ns:netconf:base:1.0"
@@ -35,12 +35,8 @@ def filter_spec(filter_el: etree._Element | None) -> tuple[str, etree._Element |
                 info={"bad-attribute": "select", "bad-element": "filter"},
             )
         return "xpath", select
-    raise RpcError(
-        "bad-attribute",
-        f"unknown filter type {kind!r}",
-        reason=Reason.BAD_ELEMENT,
-        error_type="protocol",
-        info={"bad-attribute": "type", "bad-element": "filter"},
+    raise bad_attribute(
+        "type", "filter", f"unknown filter type {kind!r}", reason=Reason.BAD_ELEMENT, error_type="protocol"
     )
 
 

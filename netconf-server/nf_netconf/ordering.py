@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from lxml import etree
 
-from nf_netconf.errors import Reason, RpcError
+from nf_netconf.errors import Reason, RpcError, bad_attribute
 from nf_netconf.schema import NodeInfo
 
 YANG_NS = "urn:ietf:params:xml:ns:yang:1"
@@ -35,13 +35,7 @@ class Place:
 
 
 def _bad(info: NodeInfo, attribute: str, message: str, app_tag: str | None = None) -> RpcError:
-    return RpcError(
-        "bad-attribute",
-        message,
-        reason=Reason.INVALID_VALUE,
-        app_tag=app_tag,
-        info={"bad-attribute": attribute, "bad-element": info.name},
-    )
+    return bad_attribute(attribute, info.name, message, app_tag=app_tag)
 
 
 def requested_place(

@@ -307,9 +307,7 @@ class Schema:
                 )
             except (libyang.LibyangError, UnicodeDecodeError):  # the latter: libyang cut a character
                 try:
-                    dnode = self._ctx.parse_data_mem(
-                        text, "xml", no_state=True, strict=True, parse_only=True
-                    )
+                    dnode = self._ctx.parse_data_mem(text, "xml", no_state=True, strict=True, parse_only=True)
                 except (libyang.LibyangError, UnicodeDecodeError):  # stored data parsed before: never quote
                     raise RpcError(
                         "operation-failed", "stored data does not parse", reason=Reason.INTERNAL_ERROR

@@ -12,7 +12,7 @@ from decimal import Decimal, InvalidOperation
 
 from lxml import etree
 
-from nf_netconf.errors import Reason, RpcError
+from nf_netconf.errors import bad_attribute
 
 WD_NS = "urn:ietf:params:xml:ns:yang:ietf-netconf-with-defaults"  # the <with-defaults> parameter
 TAG_NS = "urn:ietf:params:xml:ns:netconf:default:1.0"  # the default="true" attribute (RFC 6243 s6)
@@ -45,12 +45,7 @@ def asks_for_default(element: etree._Element) -> bool:
     if value is None:
         return False
     if value.strip() not in ("true", "1", "false", "0"):
-        raise RpcError(
-            "bad-attribute",
-            "wd:default must be true or false",
-            reason=Reason.INVALID_VALUE,
-            info={"bad-attribute": "default", "bad-element": etree.QName(element).localname},
-        )
+        raise bad_attribute("default", etree.QName(element).localname, "wd:default must be true or false")
     return value.strip() in ("true", "1")
 
 
