@@ -22,7 +22,7 @@ BASE11 = "urn:ietf:params:netconf:base:1.1"
 class RawSession:
     """A NETCONF client that writes exactly the bytes a test gives it (paramiko channel, no ncclient)."""
 
-    def __init__(self, port: int, chunked: bool = True) -> None:
+    def __init__(self, port: int, chunked: bool = True, window_size: int | None = None) -> None:
         self.client = paramiko.SSHClient()
         self.client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
         self.client.connect(
@@ -36,7 +36,7 @@ class RawSession:
         )
         transport = self.client.get_transport()
         assert transport is not None
-        self.chan = transport.open_session()
+        self.chan = transport.open_session(window_size=window_size)  # None: paramiko's default (2 MB)
         self.chan.settimeout(WAIT)
         self.chan.invoke_subsystem("netconf")
         self.buf = b""

@@ -173,6 +173,7 @@ class Rig:
         hello_timeout: float = 60.0,
         replay_events: int = 1000,
         replay_max_age: float | None = None,
+        notification_queue: int = 10_000,
     ) -> None:
         self.tmp = tmp
         # Unix socket paths are limited to ~100 octets: keep them short
@@ -192,6 +193,7 @@ class Rig:
                 hello_timeout=hello_timeout,
                 replay_events=replay_events,
                 replay_max_age=replay_max_age,
+                notification_queue=notification_queue,
             )
         )
         self.app.start()

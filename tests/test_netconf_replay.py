@@ -16,7 +16,17 @@ from ncclient.operations.rpc import RPCError
 from ncclient.xml_ import to_ele
 
 from tests.test_netconf_bad_input import RawSession, _Closer
-from tests.test_netconf_harness import IKE_NS, NC_NS, READER_PASSWORD, TWAMP_NS, WAIT, Rig, rig, users_toml
+from tests.test_netconf_harness import (
+    IKE_NS,
+    NC_NS,
+    READER_PASSWORD,
+    SERVER_CONFIG,
+    TWAMP_NS,
+    WAIT,
+    Rig,
+    rig,
+    users_toml,
+)
 
 __all__ = ["rig"]
 
@@ -396,3 +406,31 @@ def test_the_reply_comes_before_the_first_replayed_notification(rig: Rig) -> Non
         if not _server_event(root):
             labels.append(_label(root))
     assert labels == ["port:40000", "port:40001", "port:40002", "replayComplete"]
+
+
+def test_a_subscriber_that_does_not_read_holds_up_nobody(rig_with: Callable[..., Rig]) -> None:
+    """A raw session subscribes and never reads again: once the SSH window is full its sender thread blocks,
+    yet the runtime's events keep reaching a reading subscriber and edits keep working; past the queue bound
+    the stuck session is dropped."""
+    rig = rig_with(notification_queue=200)
+    stuck = RawSession(rig.app.port, window_size=32768)  # ~80 notifications fill the window it never opens
+    rig.managers.append(_Closer(stuck))
+    reply = stuck.rpc(f'<create-subscription xmlns="{NOTIF_NS}"/>')
+    assert reply.find(f"{{{NC_NS}}}ok") is not None
+    reader = rig.connect()
+    reader.create_subscription()
+    before = rig.app.hub.dropped
+    assert rig.runtime.subscribed.wait(WAIT)
+    for chunk in range(6):  # 600 events in all, 100 at a time: the reader keeps up, the stuck one cannot
+        for n in range(1, 101):
+            rig.runtime.emit(_twamp_event(chunk * 100 + n, _now()))
+        labels = _labels(_take(reader, 100))
+        assert labels == [f"port:{chunk * 100 + n}" for n in range(1, 101)]
+        reader.edit_config(  # changes are not held up either
+            target="running", config=SERVER_CONFIG.replace("65536", str(1024 << chunk))
+        )
+    deadline = time.monotonic() + WAIT
+    while rig.app.hub.dropped == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert rig.app.hub.dropped == before + 1
+    assert stuck.closed_by_server() or stuck.chan.closed

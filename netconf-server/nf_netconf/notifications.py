@@ -10,9 +10,11 @@ from startTime (up to stopTime), then <replayComplete/>, then live events; with 
 subscribe again). Filter and NACM apply to replayed and live events alike; the two markers always pass.
 
 No loss, no duplicates, no overtaking: subscribe snapshots the log and registers the subscription under one
-lock, so each event is either in the snapshot or queued for the subscription, never both. A subscription
-sends from its own queue with one sender at a time: the subscribing thread replays, then drains what
-arrived meanwhile, so the runtime's event thread never waits for a replay and no live event overtakes it.
+lock, so each event is either in the snapshot or queued for the subscription, never both. Each subscription
+has its own queue and sender thread, which replays first and then drains the queue, so no live event
+overtakes the replay and publishing never sends: neither the runtime's event thread nor a session changing
+the configuration waits for a subscriber. A subscriber that stops reading has its queue bounded
+(`max_queue`): past it the subscription ends and the session is dropped, to reconnect and replay.
 Delivery starts only once the <ok/> to create-subscription is sent (Session.after_reply): until then live
 events queue, so neither the replay nor a live event overtakes the reply.
 
@@ -152,32 +154,45 @@ _COMPLETE = _Complete()
 
 
 class _Subscription:
+    """One subscription's queue and the one thread that sends it, so a subscriber that stops reading (its
+    SSH window full) holds up nobody but itself."""
+
     def __init__(
-        self, session: Session, filter_el: etree._Element | None, stop: datetime.datetime | None
+        self,
+        session: Session,
+        filter_el: etree._Element | None,
+        stop: datetime.datetime | None,
+        max_queue: int,
     ) -> None:
         self.session = session
         self.filter_el = filter_el
         self.stop = stop
-        self.lock = threading.Lock()
+        self.max_queue = max_queue
+        self.lock = threading.Condition()
         self.queue: collections.deque[_Event | _Complete] = collections.deque()
-        self.sending = False  # one thread sends at a time; the others only queue
         self.ended = False
         self.timer: threading.Timer | None = None
 
-    def offer(self, event: _Event) -> None:
-        """Called with the hub's lock held, so every subscription queues events in publish order."""
-        if self.stop is not None and event.when > self.stop:
-            return
-        with self.lock:
-            self.queue.append(event)
-
-    def claim(self) -> bool:
-        """Become the sender, unless another thread is: that one will send what was queued."""
-        with self.lock:
-            if self.sending:
-                return False
-            self.sending = True
+    def offer(self, item: _Event | _Complete) -> bool:
+        """Called with the hub's lock held, so every subscription queues events in publish order; False when
+        the queue is full (the subscriber is not reading)."""
+        if isinstance(item, _Event) and self.stop is not None and item.when > self.stop:
             return True
+        with self.lock:
+            if self.ended:
+                return True
+            if len(self.queue) >= self.max_queue:
+                return False
+            self.queue.append(item)
+            self.lock.notify()
+            return True
+
+    def next_item(self) -> _Event | _Complete | None:
+        """The next item to send, waiting for one; None once the subscription has ended."""
+        with self.lock:
+            while not self.queue and not self.ended:
+                self.lock.wait()
+            return None if self.ended else self.queue.popleft()
 
 
 class NotificationHub:
@@ -187,13 +202,15 @@ class NotificationHub:
         nacm: Nacm,
         replay_limit: int = 1000,
         replay_max_age: float | None = None,
+        max_queue: int = 10_000,
     ) -> None:
-        if replay_limit < 0 or (replay_max_age is not None and replay_max_age <= 0):
-            raise ValueError("replay_limit must be 0 or more and replay_max_age positive")
+        if replay_limit < 0 or (replay_max_age is not None and replay_max_age <= 0) or max_queue < 1:
+            raise ValueError("replay_limit must be 0 or more, replay_max_age and max_queue positive")
         self.schema = schema
         self.nacm = nacm
         self.replay_limit = replay_limit
         self.replay_max_age = replay_max_age
+        self.max_queue = max_queue
         self._lock = threading.Lock()
         self._subscribers: dict[int, _Subscription] = {}
         self._log: collections.deque[_Event] = collections.deque(maxlen=replay_limit or None)
@@ -282,8 +299,7 @@ class NotificationHub:
             if stop is not None and stop < start:
                 raise bad_element("stopTime", "stopTime is earlier than startTime")
 
-        sub = _Subscription(session, filter_el, stop)
-        sub.sending = True  # this thread sends the replay and what arrives meanwhile, before anything live
+        sub = _Subscription(session, filter_el, stop, self.max_queue)
         replay: list[_Event] = []
         with self._lock:
             if session.sid in self._subscribers:
@@ -303,7 +319,7 @@ class NotificationHub:
                     sub.timer.daemon = True
                     sub.timer.start()
 
-        def start_delivery() -> None:
+        def sender() -> None:
             if start is not None:
                 for event in replay:
                     if not self._deliver(sub, event):
@@ -311,6 +327,9 @@ class NotificationHub:
                 if not self._send_marker(sub, "replayComplete"):
                     return
             self._send_queued(sub)
+
+        def start_delivery() -> None:
+            threading.Thread(target=sender, name=f"netconf-notify-{session.sid}", daemon=True).start()
 
         return start_delivery
 
@@ -328,6 +347,7 @@ class NotificationHub:
         with sub.lock:
             sub.ended = True
             sub.queue.clear()
+            sub.lock.notify()
         if sub.timer is not None:
             sub.timer.cancel()
 
@@ -337,9 +357,8 @@ class NotificationHub:
                 return  # unsubscribed meanwhile
             del self._subscribers[sub.session.sid]
             with sub.lock:
-                sub.queue.append(_COMPLETE)
-        if sub.claim():
-            self._send_queued(sub)
+                sub.queue.append(_COMPLETE)  # past the queue bound too: the end must get through
+                sub.lock.notify()
 
     # delivery -----------------------------------------------------------------------------------------------
 
@@ -364,12 +383,18 @@ class NotificationHub:
                     self._aged = True
                 self._log.append(entry)
                 self._prune(now)
-            targets = list(self._subscribers.values())
-            for sub in targets:
-                sub.offer(entry)
-        for sub in targets:
-            if sub.claim():
-                self._send_queued(sub)
+            stuck = [sub for sub in self._subscribers.values() if not sub.offer(entry)]
+            for sub in stuck:
+                del self._subscribers[sub.session.sid]
+                self.dropped += 1
+        for sub in stuck:
+            self._end(sub)
+            log.warning(
+                "session %d reads no notifications (%d queued): subscription ended, session aborted",
+                sub.session.sid,
+                sub.max_queue,
+            )
+            sub.session.abort()
 
     def publish_server_events(self, events: list[dict[str, Any]]) -> None:
         """The server's own RFC 6470 events: one libyang refuses is a bug here, logged, never the caller's
@@ -381,19 +406,11 @@ class NotificationHub:
                 log.error("base notification %s not sent: %s", event.get("event"), exc)
 
     def _send_queued(self, sub: _Subscription) -> None:
-        """Send the queue in order; the caller has claimed the sending role, which this gives back once the
-        queue is empty (checked under the same lock as queueing, so nothing is left behind)."""
-        while True:
-            with sub.lock:
-                if not sub.queue or sub.ended:
-                    sub.sending = False
-                    return
-                item = sub.queue.popleft()
+        """The subscription's sender thread, after any replay: the queue in order until the end."""
+        while (item := sub.next_item()) is not None:
             if isinstance(item, _Complete):
                 self._send_marker(sub, "notificationComplete")
-                with sub.lock:
-                    sub.ended = True
-                    sub.sending = False
+                self._end(sub)
                 return
             if not self._deliver(sub, item):
                 return
@@ -428,13 +445,11 @@ class NotificationHub:
             sub.session.send_element(notification)
         except Exception as exc:  # a dead session must not stop delivery to the others
             with self._lock:
-                self.dropped += 1
-                if self._subscribers.get(sub.session.sid) is sub:
+                if self._subscribers.get(sub.session.sid) is sub:  # else counted where it was ended
                     del self._subscribers[sub.session.sid]
+                    self.dropped += 1
             log.info("dropping subscription of session %d: %s", sub.session.sid, type(exc).__name__)
             self._end(sub)
-            with sub.lock:
-                sub.sending = False
             return False
         with self._lock:
             self.sent += 1

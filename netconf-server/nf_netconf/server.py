@@ -65,6 +65,7 @@ class ServerConfig:
     hello_timeout: float = 60.0
     replay_events: int = 1000  # RFC 5277 replay log: the last this many events (0: replay off)
     replay_max_age: float | None = None  # and none older than this, in seconds
+    notification_queue: int = 10_000  # notifications waiting for one subscriber; past it, it is dropped
 
 
 class NetconfApp:
@@ -77,7 +78,9 @@ class NetconfApp:
         self.bad_input_log = RateLimitedLog(log)
         self.schema = Schema(config.yang_dirs or default_yang_dirs(), DEFAULT_MODULES)
         self.runtime = RuntimeLink(config.runtime_socket, config.runtime_timeout)
-        self.hub = NotificationHub(self.schema, self.nacm, config.replay_events, config.replay_max_age)
+        self.hub = NotificationHub(
+            self.schema, self.nacm, config.replay_events, config.replay_max_age, config.notification_queue
+        )
         self.datastores = Datastores(self.schema, self.runtime, self.nacm, self.hub.publish_server_events)
         self.operations = Operations(
             self.schema, self.datastores, self.runtime, self.nacm, self.hub, self.kill

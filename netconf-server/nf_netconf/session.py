@@ -137,6 +137,12 @@ class Session(netconf.server.NetconfServerSession):  # type: ignore[misc]
         with contextlib.suppress(Exception):
             self._ssh_transport.close()
 
+    def abort(self) -> None:
+        """Drops the connection without waiting for the send lock, which a send blocked on a client that
+        does not read holds: the blocked send then fails and the reader sees the end (reason dropped)."""
+        with contextlib.suppress(Exception):
+            self._ssh_transport.close()
+
     @property
     def closed(self) -> bool:
         return self._closed

@@ -69,6 +69,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help="and none older than this many seconds (default: no age limit)",
     )
+    parser.add_argument(
+        "--notification-queue",
+        type=_positive_int,
+        default=10_000,
+        metavar="N",
+        help="notifications waiting for one subscriber that does not read; past it the session is dropped "
+        "(it can reconnect and replay) (default %(default)s)",
+    )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     parser.add_argument(
         "--hash-password",
@@ -118,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
         max_message_size=args.max_message_size,
         replay_events=args.replay_events,
         replay_max_age=args.replay_max_age,
+        notification_queue=args.notification_queue,
     )
     try:
         app = NetconfApp(config)
