@@ -21,7 +21,10 @@ from ncclient.xml_ import to_ele
 
 from tests.test_netconf_harness import (
     IKE_NS,
+    NC_NOTIF_NS,
     NC_NS,
+    NCN_NS,
+    NOTIF_NS,
     READER_PASSWORD,
     SECRET_B64,
     SERVER_CONFIG,
@@ -35,9 +38,6 @@ from tests.test_netconf_ordering import PSK_B64, ordering_edit, peer_config, pro
 
 __all__ = ["rig"]
 
-NOTIF_NS = "urn:ietf:params:xml:ns:netconf:notification:1.0"
-NCN_NS = "urn:ietf:params:xml:ns:yang:ietf-netconf-notifications"
-NC_NOTIF_NS = "urn:ietf:params:xml:ns:netmod:notification"
 QUIET = 0.5
 ROOT = Path(__file__).resolve().parents[1]
 MODULES = {TWAMP_NS: "twamp-nf-twamp", IKE_NS: "twamp-nf-ike"}

@@ -28,6 +28,10 @@ READER_PASSWORD = "reader-pass-1234"
 TWAMP_NS = "urn:twamp-nf:yang:twamp-nf-twamp"
 IKE_NS = "urn:twamp-nf:yang:twamp-nf-ike"
 NC_NS = "urn:ietf:params:xml:ns:netconf:base:1.0"
+# Notification namespaces as the RFCs give them (not imported from the server, so a wrong one there fails)
+NOTIF_NS = "urn:ietf:params:xml:ns:netconf:notification:1.0"  # RFC 5277 <notification>
+NC_NOTIF_NS = "urn:ietf:params:xml:ns:netmod:notification"  # RFC 5277 replayComplete, notificationComplete
+NCN_NS = "urn:ietf:params:xml:ns:yang:ietf-netconf-notifications"  # RFC 6470
 SECRET_B64 = "c2VjcmV0LXNoYXJlZC1rZXktbm90LWZvci15b3U="  # base64 of a 28-octet test secret
 WAIT = 30.0
 

@@ -18,7 +18,10 @@ from ncclient.xml_ import to_ele
 from tests.test_netconf_bad_input import RawSession, _Closer
 from tests.test_netconf_harness import (
     IKE_NS,
+    NC_NOTIF_NS,
     NC_NS,
+    NCN_NS,
+    NOTIF_NS,
     READER_PASSWORD,
     SERVER_CONFIG,
     TWAMP_NS,
@@ -30,9 +33,6 @@ from tests.test_netconf_harness import (
 
 __all__ = ["rig"]
 
-NOTIF_NS = "urn:ietf:params:xml:ns:netconf:notification:1.0"
-NC_NOTIF_NS = "urn:ietf:params:xml:ns:netmod:notification"
-NCN_NS = "urn:ietf:params:xml:ns:yang:ietf-netconf-notifications"  # RFC 6470: tests/test_netconf_base_...
 QUIET = 0.5  # how long "nothing more arrives" is watched
 
 

@@ -18,10 +18,16 @@ from lxml import etree
 from ncclient.operations.rpc import RPCError
 
 from nf_netconf.server import NetconfApp, ServerConfig
-from tests.test_netconf_harness import NC_NS, SECRET_B64, TWAMP_NS, WAIT, netconf_connect, users_toml
+from tests.test_netconf_harness import (
+    NC_NS,
+    NOTIF_NS,
+    SECRET_B64,
+    TWAMP_NS,
+    WAIT,
+    netconf_connect,
+    users_toml,
+)
 from tests.test_runtime_daemon import RuntimeProcess
-
-NOTIF_NS = "urn:ietf:params:xml:ns:netconf:notification:1.0"
 
 
 class RealStack:

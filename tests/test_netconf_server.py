@@ -17,6 +17,8 @@ from nf_netconf.errors import Reason
 from tests.test_netconf_harness import (
     IKE_NS,
     NC_NS,
+    NCN_NS,
+    NOTIF_NS,
     PASSWORD,
     READER_PASSWORD,
     SECRET_B64,
@@ -31,8 +33,6 @@ from tests.test_netconf_harness import (
 
 __all__ = ["rig"]
 
-NOTIF_NS = "urn:ietf:params:xml:ns:netconf:notification:1.0"
-NCN_NS = "urn:ietf:params:xml:ns:yang:ietf-netconf-notifications"  # RFC 6470
 PSK_B64 = "ZXhhbXBsZS1wc2stbm90LWZvci11c2UtMDAwMQ=="
 IKE_CONFIG = f"""
 <config xmlns="{NC_NS}">
